@@ -1,0 +1,155 @@
+"""Turning user input into validated tensors, and results back into the user's type.
+
+NumPy, pandas, Arrow and lists are checked by scikit-learn's ``check_array``
+(the messages its users know); torch tensors are checked in place, on their
+device, so CUDA input never makes a round trip through host memory.
+Results follow the input: NumPy in, NumPy out; torch in, torch out on the
+same device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.utils.multiclass import type_of_target
+from sklearn.utils.validation import check_array
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class InputKind:
+    """Where the input came from, so outputs can be returned in kind."""
+
+    is_torch: bool
+    device: torch.device
+
+
+def _arrow_to_numpy(X):
+    """Arrow tables, record batches and (fixed-size) list arrays → a 2-D NumPy array."""
+    import pyarrow as pa
+
+    if isinstance(X, pa.ChunkedArray):
+        X = X.combine_chunks()
+    if isinstance(X, (pa.Table, pa.RecordBatch)):
+        if X.num_columns == 1 and _is_list_type(X.schema.field(0).type):
+            return _arrow_to_numpy(X.column(0))
+        return np.column_stack([np.asarray(c) for c in X.columns]) if X.num_columns else np.empty((X.num_rows, 0))
+    if pa.types.is_fixed_size_list(X.type):
+        return X.flatten().to_numpy(zero_copy_only=False).reshape(len(X), X.type.list_size)
+    if _is_list_type(X.type):
+        return np.array(X.to_pylist(), dtype=float)
+    return X.to_numpy(zero_copy_only=False)
+
+
+def _is_list_type(arrow_type) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type)
+
+
+def _is_arrow(X) -> bool:
+    return type(X).__module__.startswith("pyarrow")
+
+
+def as_features(X, *, n_features: int | None = None, name: str = "OpenWorld", device=None) -> tuple[Tensor, InputKind]:
+    """Validated float features ``(n, d)`` as a tensor, and the kind of the input.
+
+    float64 input stays float64 (exactness checks rely on it); everything
+    else computes in float32. Raises ValueError naming the problem: not 2-D,
+    no rows, no features, NaN/Inf (with the first bad row), wrong width.
+    """
+    if isinstance(X, Tensor):
+        kind = InputKind(True, X.device)
+        if X.dim() != 2:
+            raise ValueError(
+                f"Expected 2D array, got {X.dim()}D tensor of shape {tuple(X.shape)}. "
+                "Reshape your data with X.reshape(-1, 1) for one feature or X.reshape(1, -1) for one row."
+            )
+        if X.shape[0] == 0 or X.shape[1] == 0:
+            raise ValueError(
+                f"Found array with {X.shape[0]} sample(s) and {X.shape[1]} feature(s) (shape={tuple(X.shape)}) "
+                "while a minimum of 1 is required."
+            )
+        if X.is_complex() or not (X.is_floating_point() or X.dtype in (torch.int32, torch.int64, torch.int16, torch.uint8, torch.int8)):
+            raise ValueError(f"features must be real numbers, got a tensor of dtype {X.dtype}")
+        T = X if X.dtype == torch.float64 else X.to(torch.float32)
+        bad = ~torch.isfinite(T).all(dim=1)
+        if bool(bad.any()):
+            rows = bad.nonzero().flatten()
+            raise ValueError(
+                f"Input X contains NaN or infinity in {rows.numel()} row(s) (first: row {int(rows[0])})."
+            )
+    else:
+        kind = InputKind(False, torch.device("cpu"))
+        if _is_arrow(X):
+            X = _arrow_to_numpy(X)
+        try:
+            A = check_array(X, dtype=[np.float64, np.float32], ensure_all_finite=True, estimator=name)
+        except ValueError as error:
+            if "NaN" in str(error) or "infinity" in str(error):
+                rows = np.flatnonzero(~np.isfinite(np.asarray(X, dtype=np.float64)).all(axis=1))
+                raise ValueError(f"{error} {rows.size} row(s) affected (first: row {rows[0]}).") from None
+            raise
+        T = torch.from_numpy(np.ascontiguousarray(A))
+    if n_features is not None and T.shape[1] != n_features:
+        raise ValueError(f"X has {T.shape[1]} features, but {name} is expecting {n_features} features as input.")
+    if device is not None:
+        T = T.to(device)
+    return T, kind
+
+
+def as_labels(y, n_rows: int) -> np.ndarray:
+    """Class labels ``(n,)`` as a NumPy array of str or int; anything else is a clear error."""
+    if isinstance(y, Tensor):
+        y = y.detach().cpu().numpy()
+    elif _is_arrow(y):
+        y = y.to_numpy(zero_copy_only=False) if hasattr(y, "to_numpy") else np.asarray(y)
+    y = np.asarray(getattr(y, "to_numpy", lambda: y)())
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.ravel()
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D (one label per row), got shape {y.shape}")
+    if y.shape[0] != n_rows:
+        raise ValueError(f"X has {n_rows} rows but y has {y.shape[0]} labels")
+    if y.dtype.kind in "US":
+        return y.astype(str)
+    if y.dtype.kind == "O":
+        kinds = {type(v) for v in y}
+        if all(issubclass(k, str) for k in kinds):
+            return y.astype(str)
+        if all(issubclass(k, (int, np.integer)) and not issubclass(k, bool) for k in kinds):
+            return y.astype(np.int64)
+        raise ValueError(f"Unknown label type: labels must all be str or all int, got {sorted(k.__name__ for k in kinds)}")
+    if y.dtype.kind in "iu":
+        return y.astype(np.int64)
+    if y.dtype.kind == "f" and np.isfinite(y).all() and type_of_target(y) in ("binary", "multiclass"):
+        return y.astype(np.int64)  # integral floats such as 0.0 / 1.0 are class ids
+    raise ValueError(
+        f"Unknown label type: {type_of_target(y) if y.dtype.kind in 'fb' else y.dtype}. "
+        "Labels must be str or int class names (continuous values are regression targets)."
+    )
+
+
+def as_weights(sample_weight, n_rows: int, device) -> Tensor | None:
+    """Non-negative finite weights (n,) as float64, or None."""
+    if sample_weight is None:
+        return None
+    if isinstance(sample_weight, Tensor):
+        w = sample_weight.detach().to(device=device, dtype=torch.float64)
+    else:
+        w = torch.as_tensor(np.asarray(sample_weight, dtype=np.float64), device=device)
+    if w.dim() != 1 or w.shape[0] != n_rows:
+        raise ValueError(f"sample_weight must have shape ({n_rows},), got {tuple(w.shape)}")
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError("sample_weight must be finite and non-negative")
+    return w
+
+
+def to_output(values: Tensor, kind: InputKind):
+    """A result tensor back in the input's kind (NumPy, or torch on the input's device)."""
+    if kind.is_torch:
+        return values.to(kind.device)
+    return values.detach().cpu().numpy()

@@ -1,0 +1,120 @@
+"""Covariance structures and their shrinkage, derived from class statistics.
+
+- ``tied``: one covariance for every class, the pooled within-class scatter
+  over the total weight (what LDA uses), shrunk toward ``μI``.
+- ``full``: one covariance per class, shrunk toward the (shrunk) tied one —
+  Friedman's regularized discriminant analysis — so a class with one row
+  inherits the pooled shape instead of a singular matrix.
+- ``diag``: per-class variances (Gaussian naive Bayes), shrunk toward the
+  tied covariance's diagonal with the same intensities as ``full``.
+
+Shrinkage: ``"auto"`` (Ledoit-Wolf), ``"oas"``, a float in [0, 1], or None
+(the raw maximum-likelihood estimate; singular estimates then raise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from openworld.core.shrinkage import ledoit_wolf_intensity, oas_intensity, scaled_identity_target, shrink
+from openworld.core.statistics import ClassStatistics
+
+Tensor = torch.Tensor
+STRUCTURES = ("tied", "full", "diag")
+SHRINKAGE_METHODS = ("auto", "oas")
+
+
+def validate_shrinkage(shrinkage) -> None:
+    if shrinkage is None or shrinkage in SHRINKAGE_METHODS:
+        return
+    if isinstance(shrinkage, bool) or not isinstance(shrinkage, (int, float)) or not 0.0 <= shrinkage <= 1.0:
+        raise ValueError(f"shrinkage must be 'auto', 'oas', a float in [0, 1] or None, got {shrinkage!r}")
+
+
+def validate_structure(covariance: str) -> None:
+    if covariance not in STRUCTURES:
+        raise ValueError(f"covariance must be one of {STRUCTURES}, got {covariance!r}")
+
+
+@dataclass(frozen=True)
+class CovarianceEstimate:
+    """Shrunk covariances: ``tied`` (d, d); ``full`` (C, d, d); ``diag`` (C, d) variances.
+
+    ``pooled`` is the shrunk tied covariance (d, d) every structure starts from;
+    ``intensities`` the shrinkage used: (1,) for tied, (C,) per class otherwise.
+    """
+
+    structure: str
+    covariance: Tensor
+    pooled: Tensor
+    intensities: Tensor
+
+
+def pooled_within(stats: ClassStatistics) -> tuple[Tensor, Tensor, Tensor]:
+    """Pooled within-class scatter (d, d), its ``q4`` and total weight: the residuals of all classes."""
+    return stats.scatters.sum(0), stats.fourth_moments.sum(), stats.weights.sum()
+
+
+def single_covariance(scatter: Tensor, fourth: Tensor, weight: Tensor, shrinkage) -> tuple[Tensor, float]:
+    """One covariance ``S / W`` shrunk toward ``μI``; returns it with the intensity used."""
+    covariance = scatter / torch.clamp(weight, min=torch.finfo(scatter.dtype).tiny)
+    if shrinkage is None:
+        return covariance, 0.0
+    if shrinkage == "auto":
+        intensity = ledoit_wolf_intensity(scatter, fourth, weight)
+    elif shrinkage == "oas":
+        intensity = oas_intensity(scatter, weight)
+    else:
+        intensity = float(shrinkage)
+    return shrink(covariance, intensity, scaled_identity_target(covariance)), intensity
+
+
+def class_intensities(stats: ClassStatistics, shrinkage, target: Tensor) -> Tensor:
+    """Per-class intensities toward ``target`` (d, d); classes weighing one row or less take 1."""
+    C = stats.n_classes
+    if shrinkage is None:
+        intensities = torch.zeros(C, dtype=stats.means.dtype)
+    elif isinstance(shrinkage, (int, float)):
+        intensities = torch.full((C,), float(shrinkage), dtype=stats.means.dtype)
+    else:
+        values = []
+        for k in range(C):  # C scalar formulas on (d, d) matrices: fitting cost, never scoring
+            W = float(stats.weights[k])
+            if W <= 1.0:
+                values.append(1.0)
+            elif shrinkage == "auto":
+                values.append(ledoit_wolf_intensity(stats.scatters[k], stats.fourth_moments[k], W, target))
+            else:
+                values.append(oas_intensity(stats.scatters[k], W))
+        intensities = torch.tensor(values, dtype=stats.means.dtype)
+    return intensities.to(stats.device)
+
+
+def estimate_covariance(stats: ClassStatistics, structure: str, shrinkage) -> CovarianceEstimate:
+    """The covariance(s) of ``structure`` from ``stats``, shrunk as asked."""
+    validate_structure(structure)
+    validate_shrinkage(shrinkage)
+    scatter, fourth, weight = pooled_within(stats)
+    pooled, intensity = single_covariance(scatter, fourth, weight, shrinkage)
+    if structure == "tied":
+        return CovarianceEstimate("tied", pooled, pooled, torch.tensor([intensity], dtype=pooled.dtype))
+    safe = torch.clamp(stats.weights, min=1.0)[:, None, None]
+    raw = stats.scatters / safe
+    intensities = class_intensities(stats, shrinkage, pooled)
+    if structure == "full":
+        return CovarianceEstimate("full", shrink(raw, intensities, pooled), pooled, intensities)
+    variances = torch.diagonal(raw, dim1=-2, dim2=-1)
+    pooled_variances = torch.diagonal(pooled)
+    lam = intensities[:, None]
+    return CovarianceEstimate("diag", (1 - lam) * variances + lam * pooled_variances, pooled, intensities)
+
+
+def background_covariance(stats: ClassStatistics, shrinkage) -> tuple[Tensor, Tensor]:
+    """Mean (d,) and shrunk covariance (d, d) of all rows as one Gaussian (Ren et al. 2021)."""
+    everything = stats.pooled()
+    covariance, _ = single_covariance(
+        everything.scatters[0], everything.fourth_moments[0], everything.weights[0], shrinkage
+    )
+    return everything.means[0], covariance

@@ -1,0 +1,157 @@
+"""The Gaussian head: whitening once, then matrix products over all classes.
+
+With ``Σ = L Lᵀ`` (Cholesky) and ``W = L⁻ᵀ``, ``z = (x − c) W`` gives
+``(x − μ_k)ᵀ Σ⁻¹ (x − μ_k) = ‖z‖² − 2 z·m_k + ‖m_k‖²`` with ``m_k = (μ_k − c) W``:
+one (n×d×d) product and one (n×d×C) product score every class at once.
+Per-class covariances whiten with all C matrices in one (n×d×Cd) product.
+The center ``c`` (the overall mean) keeps ‖z‖² small so float32 does not
+cancel away the distance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+from openworld.core.covariance import CovarianceEstimate
+
+Tensor = torch.Tensor
+
+# Rows per scoring chunk are chosen so the widest intermediate stays near this size.
+CHUNK_BYTES = 256 * 2**20
+
+
+class SingularCovarianceError(ValueError):
+    """A covariance is not positive definite and shrinkage is off."""
+
+
+def cholesky_whitener(covariance: Tensor, shrinkage_on: bool, names: list | None = None) -> tuple[Tensor, Tensor]:
+    """Whitening matrices ``W = L⁻ᵀ`` (…, d, d) and ``log det Σ`` (…) for a (…, d, d) batch.
+
+    With shrinkage on, a matrix that is still not positive definite (every
+    feature constant, so the target is zero) gets the smallest ridge that
+    makes it so; with shrinkage off that is the user's data speaking, and it
+    is an error naming the classes concerned.
+    """
+    batch = covariance.reshape(-1, *covariance.shape[-2:])
+    L, info = torch.linalg.cholesky_ex(batch)
+    failed = (info > 0).nonzero().flatten().tolist()
+    if failed and not shrinkage_on:
+        which = [names[i] for i in failed] if names is not None else failed
+        raise SingularCovarianceError(
+            f"covariance is singular for {'class(es) ' + repr(which[:10]) if names is not None else 'the pooled data'}: "
+            "too few rows for the chosen covariance, or constant / collinear features. "
+            "Use shrinkage ('auto', 'oas' or a float) or covariance='tied'."
+        )
+    d = batch.shape[-1]
+    eye = torch.eye(d, dtype=batch.dtype, device=batch.device)
+    for i in failed:
+        scale = float(torch.diagonal(batch[i]).mean())
+        scale = scale if scale > 0 else 1.0
+        for exponent in range(-10, 1):
+            Li, bad = torch.linalg.cholesky_ex(batch[i] + (10.0**exponent) * scale * eye)
+            if int(bad) == 0:
+                L[i] = Li
+                break
+    L_inv = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False)
+    log_det = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+    return L_inv.transpose(-2, -1).reshape(covariance.shape), log_det.reshape(covariance.shape[:-2])
+
+
+@dataclass(frozen=True)
+class GaussianHead:
+    """Precomputed scoring parameters of C Gaussians in d dimensions.
+
+    center: (d,); log_dets: (C,); log_priors: (C,), −inf for a class with no rows.
+    ``tied``: whitener (d, d), whitened_means (C, d).
+    ``full``: whitener (C, d, d), whitened_means (C, d) (class k by its own W_k).
+    ``diag``: whitener (C, d) holds precisions 1/σ², whitened_means (C, d) holds μ/σ².
+    """
+
+    structure: str
+    center: Tensor
+    whitener: Tensor
+    whitened_means: Tensor
+    mean_norms: Tensor
+    log_dets: Tensor
+    log_priors: Tensor
+
+    @classmethod
+    def build(
+        cls,
+        means: Tensor,
+        estimate: CovarianceEstimate,
+        log_priors: Tensor,
+        center: Tensor,
+        shrinkage_on: bool,
+        names: list | None = None,
+    ) -> GaussianHead:
+        """From class means (C, d), a covariance estimate and log priors (C,)."""
+        offsets = means - center
+        if estimate.structure == "diag":
+            variances = estimate.covariance
+            if not shrinkage_on and bool((variances <= 0).any()):
+                bad = sorted({int(i) for i in (variances <= 0).nonzero()[:, 0]})
+                which = [names[i] for i in bad] if names is not None else bad
+                raise SingularCovarianceError(
+                    f"zero variance in class(es) {which[:10]!r} (constant features or a single row): "
+                    "use shrinkage ('auto', 'oas' or a float)."
+                )
+            floor = torch.clamp(variances.mean(-1, keepdim=True), min=1e-300) * 1e-10
+            variances = torch.maximum(variances, floor)
+            precisions = 1.0 / variances
+            scaled = offsets * precisions
+            return cls("diag", center, precisions, scaled, (offsets * scaled).sum(-1),
+                       torch.log(variances).sum(-1), log_priors)
+        if estimate.structure == "tied":
+            W, log_det = cholesky_whitener(estimate.covariance, shrinkage_on)
+            whitened = offsets @ W
+            log_dets = log_det.expand(means.shape[0])
+        else:
+            W, log_dets = cholesky_whitener(estimate.covariance, shrinkage_on, names)
+            whitened = torch.einsum("ci,cij->cj", offsets, W)
+        return cls(estimate.structure, center, W, whitened, (whitened**2).sum(-1), log_dets, log_priors)
+
+    @property
+    def n_classes(self) -> int:
+        return self.whitened_means.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.center.shape[0]
+
+    def to(self, dtype: torch.dtype, device) -> GaussianHead:
+        return replace(
+            self,
+            **{
+                f.name: getattr(self, f.name).to(dtype=dtype, device=device)
+                for f in fields(self)
+                if isinstance(getattr(self, f.name), Tensor)
+            },
+        )
+
+    def chunk_rows(self) -> int:
+        """Rows per chunk so that the widest (rows × C × d or rows × C) block fits CHUNK_BYTES."""
+        width = self.n_classes * (self.n_features if self.structure == "full" else 1) + self.n_features
+        return max(1, CHUNK_BYTES // (8 * width))
+
+    def squared_mahalanobis(self, X: Tensor) -> Tensor:
+        """(n, C) squared Mahalanobis distances of ``X: (n, d)``; +inf for classes with no rows."""
+        Xc = X - self.center
+        if self.structure == "tied":
+            Z = Xc @ self.whitener
+            D = (Z * Z).sum(1, keepdim=True) - 2 * Z @ self.whitened_means.T + self.mean_norms
+        elif self.structure == "full":
+            C, d = self.whitened_means.shape
+            Z = (Xc @ self.whitener.permute(1, 0, 2).reshape(d, C * d)).view(-1, C, d)
+            D = ((Z - self.whitened_means) ** 2).sum(-1)
+        else:
+            D = (Xc * Xc) @ self.whitener.T - 2 * Xc @ self.whitened_means.T + self.mean_norms
+        D = torch.clamp(D, min=0)  # round-off can push a distance a hair below zero
+        return torch.where(torch.isfinite(self.log_priors), D, torch.full_like(D, math.inf))
+
+    def log_likelihoods(self, distances: Tensor) -> Tensor:
+        """(n, C) Gaussian log densities ``−½ (D + log det Σ_k + d log 2π)`` from distances."""
+        return -0.5 * (distances + self.log_dets + self.n_features * math.log(2 * math.pi))

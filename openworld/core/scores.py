@@ -1,0 +1,45 @@
+"""Out-of-distribution scores over a fitted Gaussian head; higher = more in-distribution.
+
+Every score reads the (n, C) squared Mahalanobis distances the classifier
+computes anyway, so scoring adds no second pass over the classes.
+
+- ``mahalanobis`` (Lee et al. 2018): ``−min_k D_k(x)``.
+- ``relative_mahalanobis`` (Ren et al. 2021, "A Simple Fix to Mahalanobis
+  Distance for Improving Near-OOD Detection"): ``−min_k (D_k(x) − D_0(x))``
+  with ``D_0`` the distance to one background Gaussian fitted on every row;
+  it removes the directions every class shares, which dominate ``D_k``.
+- ``likelihood``: ``log Σ_k π_k N(x; μ_k, Σ_k)``, the class-mixture density.
+
+``"auto"`` is relative Mahalanobis with two classes or more and Mahalanobis
+with one, where a class compared with itself carries no signal.
+"""
+
+from __future__ import annotations
+
+import torch
+
+Tensor = torch.Tensor
+SCORES = ("mahalanobis", "relative_mahalanobis", "likelihood")
+
+
+def resolve_score(score: str, n_classes: int) -> str:
+    if score == "auto":
+        return "relative_mahalanobis" if n_classes >= 2 else "mahalanobis"
+    if score not in SCORES:
+        raise ValueError(f"score must be 'auto' or one of {SCORES}, got {score!r}")
+    return score
+
+
+def mahalanobis(distances: Tensor) -> Tensor:
+    """``−min_k D_k``: distances (n, C) → (n,)."""
+    return -distances.min(dim=1).values
+
+
+def relative_mahalanobis(distances: Tensor, background_distances: Tensor) -> Tensor:
+    """``D_0 − min_k D_k``: distances (n, C), background (n,) → (n,)."""
+    return background_distances - distances.min(dim=1).values
+
+
+def likelihood(log_joint: Tensor) -> Tensor:
+    """``logsumexp_k (log π_k + log N_k)``: log joint densities (n, C) → (n,)."""
+    return torch.logsumexp(log_joint, dim=1)

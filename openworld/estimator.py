@@ -1,0 +1,471 @@
+"""``OpenWorld``: the scikit-learn-style estimator over class statistics.
+
+The estimator validates input, keeps the per-class sufficient statistics
+(:class:`~openworld.core.statistics.ClassStatistics`) and the labels, and
+derives everything else — covariances, the Gaussian head, the background
+Gaussian, the working point — from them. Learning and forgetting are
+arithmetic on the statistics, so they equal a refit.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from openworld.core import scores as score_functions
+from openworld.core.arrays import InputKind, as_features, as_labels, as_weights, to_output
+from openworld.core.covariance import (
+    CovarianceEstimate,
+    background_covariance,
+    estimate_covariance,
+    validate_shrinkage,
+    validate_structure,
+)
+from openworld.core.gaussian import GaussianHead
+from openworld.core.statistics import ClassStatistics
+from openworld.core.working_point import HeldOutScores, conformal_threshold, validate_target_tpr
+from openworld.io.persistence import ModelFileError, read_model_file, write_model_file
+
+Tensor = torch.Tensor
+
+ONE_CLASS_LABEL = "normal"
+FIT_CHUNK_ROWS = 65536
+WORKING_POINT_ROWS = 20000  # held-out rows scored to place the threshold (±0.3 point at 95%)
+WORKING_POINT_FOLDS = 5
+
+
+def _package_version() -> str:
+    from openworld import __version__
+
+    return __version__
+
+
+class OpenWorld(ClassifierMixin, BaseEstimator):
+    """Open-world classifier on embeddings: class posteriors, "unknown", exact incremental learning.
+
+    Parameters follow ``DESIGN.md``'s public contract. ``random_state`` seeds
+    the cross-fitting that places the default working point.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.vstack([rng.normal(0, 1, (200, 4)), rng.normal(4, 1, (200, 4))])
+    >>> y = np.repeat(["cat", "dog"], 200)
+    >>> model = OpenWorld(random_state=0).fit(X, y)
+    >>> model.predict(np.array([[0.0, 0, 0, 0], [4, 4, 4, 4], [40, -40, 40, -40]])).tolist()
+    ['cat', 'dog', 'unknown']
+    """
+
+    def __init__(
+        self,
+        covariance: str = "tied",
+        shrinkage="auto",
+        components=1,
+        score: str = "auto",
+        priors="uniform",
+        target_tpr: float | None = 0.95,
+        unknown_label="unknown",
+        calibration=None,
+        device=None,
+        random_state=None,
+    ):
+        self.covariance = covariance
+        self.shrinkage = shrinkage
+        self.components = components
+        self.score = score
+        self.priors = priors
+        self.target_tpr = target_tpr
+        self.unknown_label = unknown_label
+        self.calibration = calibration
+        self.device = device
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit(self, X, y=None, sample_weight=None):
+        """Fit class statistics on ``X: (n, d)`` with labels ``y: (n,)`` (None = one class of normal rows)."""
+        self._validate_params()
+        X, _ = as_features(X, name=type(self).__name__, device=self.device)
+        labels = self._labels_or_one_class(y, X.shape[0])
+        self.classes_ = np.unique(labels)
+        self.n_features_in_ = X.shape[1]
+        class_index = self._class_index(labels, X.device)
+        weights = as_weights(sample_weight, X.shape[0], X.device)
+        self.statistics_ = self._accumulate(X, class_index, weights)
+        self._refresh()
+        self.threshold_ = None
+        self.held_out_scores_ = None
+        if self.target_tpr is not None:
+            self.held_out_scores_ = self._cross_fitted_scores(X, class_index, weights)
+            self.threshold_ = conformal_threshold(self.held_out_scores_.values, self.target_tpr)
+        return self
+
+    def partial_fit(self, X, y=None, sample_weight=None, classes=None):
+        """Add rows of known or new classes; the statistics equal a fit on all rows seen.
+
+        ``classes`` is accepted for scikit-learn compatibility; labels are
+        discovered from ``y`` as they come.
+        """
+        if not hasattr(self, "statistics_"):
+            return self.fit(X, y, sample_weight)
+        X, _ = as_features(X, n_features=self.n_features_in_, name=type(self).__name__, device=self.statistics_.device)
+        labels = self._labels_or_one_class(y, X.shape[0])
+        self._check_label_type(labels)
+        new = np.setdiff1d(np.unique(labels), self.classes_)
+        if new.size:
+            merged = np.concatenate([self.classes_, new])
+            order = np.argsort(merged, kind="stable")
+            self.statistics_ = self.statistics_.padded(merged.size).select(order.tolist())
+            self.classes_ = merged[order]
+            if self.held_out_scores_ is not None:
+                self.held_out_scores_ = self.held_out_scores_.remapped(np.argsort(order)[: order.size - new.size])
+        class_index = self._class_index(labels, X.device)
+        weights = as_weights(sample_weight, X.shape[0], X.device)
+        batch = self._accumulate(X, class_index, weights)
+        self.statistics_ = self.statistics_.merge(batch)
+        self._refresh()
+        if self.target_tpr is not None:
+            fresh = self._cross_fitted_scores(X, class_index, weights)
+            old = self.held_out_scores_
+            self.held_out_scores_ = fresh if old is None else old.combined(fresh, WORKING_POINT_ROWS, self._rng())
+            self.threshold_ = conformal_threshold(self.held_out_scores_.values, self.target_tpr)
+        return self
+
+    def forget(self, labels):
+        """Drop whole classes exactly: the model equals a fit without their rows."""
+        self._check_fitted()
+        labels = np.atleast_1d(np.asarray(labels))
+        missing = [label for label in labels.tolist() if label not in set(self.classes_.tolist())]
+        if missing:
+            raise ValueError(f"cannot forget unknown class(es) {missing!r}; known classes: {self.classes_.tolist()[:20]!r}")
+        keep = ~np.isin(self.classes_, labels)
+        if not keep.any():
+            raise ValueError("cannot forget every class: at least one class must remain")
+        self._keep_classes(keep)
+        return self
+
+    def unlearn(self, X, y=None, sample_weight=None):
+        """Remove rows that were fitted (deletion requests); equals a fit without them.
+
+        A class left with no rows is dropped. The working point keeps its
+        held-out scores (rows are not stored to re-score); call
+        ``set_working_point`` on fresh rows after large deletions.
+        """
+        self._check_fitted()
+        X, _ = as_features(X, n_features=self.n_features_in_, name=type(self).__name__, device=self.statistics_.device)
+        labels = self._labels_or_one_class(y, X.shape[0])
+        self._check_label_type(labels)
+        unknown = np.setdiff1d(np.unique(labels), self.classes_)
+        if unknown.size:
+            raise ValueError(f"cannot unlearn rows of class(es) never fitted: {unknown.tolist()[:10]!r}")
+        weights = as_weights(sample_weight, X.shape[0], X.device)
+        removed = self._accumulate(X, self._class_index(labels, X.device), weights)
+        self.statistics_ = self.statistics_.subtract(removed)
+        keep = (self.statistics_.weights > 0).cpu().numpy()
+        if not keep.any():
+            raise ValueError("unlearning these rows would leave no data: every class would be empty")
+        self._keep_classes(keep)
+        return self
+
+    def set_working_point(self, X_val, target_tpr=None):
+        """Place the threshold on held-out in-distribution rows ``X_val: (m, d)``.
+
+        The threshold keeps ``target_tpr`` (or the estimator's) of rows like
+        ``X_val``; this replaces the cross-fitted default.
+        """
+        self._check_fitted()
+        target = self.target_tpr if target_tpr is None else target_tpr
+        validate_target_tpr(target)
+        if target is None:
+            raise ValueError("set a target_tpr (the share of in-distribution rows to keep) first")
+        X, _ = as_features(X_val, n_features=self.n_features_in_, name=type(self).__name__)
+        scores, log_joint = self._evaluate(X, want_log_joint=True)
+        values = scores.double().cpu().numpy()
+        self.target_tpr = target
+        self.held_out_scores_ = HeldOutScores(
+            values, log_joint.argmax(1).cpu().numpy(), float(self.statistics_.weights.sum())
+        )
+        self.threshold_ = conformal_threshold(values, target)
+        return self
+
+    # ------------------------------------------------------------------ scoring
+
+    def decision_function(self, X):
+        """(n, C) log joint densities ``log π_k + log N(x; μ_k, Σ_k)``; argmax is the class."""
+        X, kind = self._features(X)
+        _, log_joint = self._evaluate(X, want_log_joint=True)
+        return to_output(log_joint, kind)
+
+    def predict_proba(self, X):
+        """(n, C) posteriors over the known classes, columns in ``classes_`` order."""
+        X, kind = self._features(X)
+        _, log_joint = self._evaluate(X, want_log_joint=True)
+        return to_output(torch.softmax(log_joint, dim=1), kind)
+
+    def predict_log_proba(self, X):
+        """(n, C) log posteriors (stable log-sum-exp)."""
+        X, kind = self._features(X)
+        _, log_joint = self._evaluate(X, want_log_joint=True)
+        return to_output(torch.log_softmax(log_joint, dim=1), kind)
+
+    def score_samples(self, X):
+        """(n,) OOD score of ``self.score``; higher = more in-distribution."""
+        X, kind = self._features(X)
+        scores, _ = self._evaluate(X, want_log_joint=False)
+        return to_output(scores, kind)
+
+    def predict(self, X):
+        """(n,) labels (NumPy); ``unknown_label`` where the score falls below the working point."""
+        X, _ = self._features(X)
+        scores, best = self._evaluate(X, want_log_joint=False, want_argmax=True)
+        best = best.cpu().numpy()
+        labels = self.classes_[best]
+        if self.threshold_ is None or self.target_tpr is None:
+            return labels
+        rejected = (scores < self.threshold_).cpu().numpy()
+        if not rejected.any():
+            return labels
+        out = labels.astype(object) if not isinstance(self.unknown_label, type(labels[0].item())) else labels.copy()
+        if out.dtype.kind == "U":
+            out = out.astype(f"<U{max(out.dtype.itemsize // 4, len(str(self.unknown_label)))}")
+        out[rejected] = self.unknown_label
+        return out
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path) -> None:
+        """Write the model as one safetensors file with a JSON manifest (atomic; never pickle)."""
+        self._check_fitted()
+        tensors = {f"statistics.{k}": v for k, v in self.statistics_.as_dict().items()}
+        held_out = None
+        if self.held_out_scores_ is not None:
+            tensors["held_out.values"] = torch.from_numpy(self.held_out_scores_.values)
+            tensors["held_out.class_index"] = torch.from_numpy(self.held_out_scores_.class_index.astype(np.int64))
+            held_out = self.held_out_scores_.represents
+        params = self.get_params()
+        params["priors"] = params["priors"] if isinstance(params["priors"], str) else np.asarray(params["priors"]).tolist()
+        params["device"] = None if params["device"] is None else str(params["device"])
+        if not isinstance(params["random_state"], (int, type(None))):
+            params["random_state"] = None
+        manifest = {
+            "openworld_version": _package_version(),
+            "params": params,
+            "classes": self.classes_.tolist(),
+            "label_kind": "str" if self.classes_.dtype.kind == "U" else "int",
+            "n_features_in": self.n_features_in_,
+            "threshold": self.threshold_,
+            "held_out_represents": held_out,
+        }
+        write_model_file(path, tensors, manifest)
+
+    @classmethod
+    def load(cls, path) -> OpenWorld:
+        """Read a model written by :meth:`save`; a damaged or foreign file is a clear error."""
+        tensors, manifest = read_model_file(path)
+        try:
+            model = cls(**manifest["params"])
+            model._validate_params()
+            classes = manifest["classes"]
+            model.classes_ = np.array(classes, dtype=str if manifest["label_kind"] == "str" else np.int64)
+            model.n_features_in_ = int(manifest["n_features_in"])
+            model.statistics_ = ClassStatistics(
+                **{f: tensors[f"statistics.{f}"] for f in ClassStatistics.__dataclass_fields__}
+            )
+            if model.statistics_.means.shape != (len(classes), model.n_features_in_):
+                raise ValueError("statistics do not match the classes and features in the manifest")
+            model.threshold_ = manifest["threshold"]
+            model.held_out_scores_ = None
+            if manifest["held_out_represents"] is not None:
+                model.held_out_scores_ = HeldOutScores(
+                    tensors["held_out.values"].numpy(),
+                    tensors["held_out.class_index"].numpy(),
+                    float(manifest["held_out_represents"]),
+                )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelFileError(f"{str(path)!r} has an incomplete or inconsistent manifest: {error}") from None
+        model._refresh()
+        return model
+
+    # ------------------------------------------------------------------ internals
+
+    def _validate_params(self) -> None:
+        validate_structure(self.covariance)
+        validate_shrinkage(self.shrinkage)
+        validate_target_tpr(self.target_tpr)
+        if self.score != "auto" and self.score not in score_functions.SCORES:
+            score_functions.resolve_score(self.score, 2)
+        if self.components != 1:
+            raise ValueError(f"components={self.components!r}: only one Gaussian per class is available in this release")
+        if self.calibration is not None:
+            raise ValueError(f"calibration={self.calibration!r}: post-hoc calibration is not available in this release")
+        if isinstance(self.priors, str) and self.priors not in ("uniform", "empirical"):
+            raise ValueError(f"priors must be 'uniform', 'empirical' or an array of class priors, got {self.priors!r}")
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "statistics_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet. Call 'fit' first.")
+
+    def _features(self, X) -> tuple[Tensor, InputKind]:
+        self._check_fitted()
+        return as_features(X, n_features=self.n_features_in_, name=type(self).__name__, device=self.device)
+
+    def _labels_or_one_class(self, y, n_rows: int) -> np.ndarray:
+        if y is None:
+            return np.full(n_rows, ONE_CLASS_LABEL)
+        return as_labels(y, n_rows)
+
+    def _check_label_type(self, labels: np.ndarray) -> None:
+        if (labels.dtype.kind == "U") != (self.classes_.dtype.kind == "U"):
+            raise ValueError(
+                f"labels are {labels.dtype} but the model was fitted with {self.classes_.dtype} labels; "
+                "use one label type (str or int) throughout"
+            )
+
+    def _class_index(self, labels: np.ndarray, device) -> Tensor:
+        return torch.as_tensor(np.searchsorted(self.classes_, labels), device=device)
+
+    def _rng(self) -> np.random.Generator:
+        seed = self.random_state
+        if isinstance(seed, np.random.RandomState):
+            seed = seed.randint(2**31)
+        return np.random.default_rng(seed)
+
+    def _accumulate(self, X: Tensor, class_index: Tensor, weights: Tensor | None) -> ClassStatistics:
+        """Statistics of all rows, a chunk at a time so float64 copies stay small."""
+        C = len(self.classes_)
+        stats = None
+        for start in range(0, X.shape[0], FIT_CHUNK_ROWS):
+            part = slice(start, start + FIT_CHUNK_ROWS)
+            chunk = ClassStatistics.from_rows(
+                X[part], class_index[part], C, None if weights is None else weights[part]
+            )
+            stats = chunk if stats is None else stats.merge(chunk)
+        return stats
+
+    def _log_priors(self, weights: Tensor) -> Tensor:
+        present = weights > 0
+        if isinstance(self.priors, str) and self.priors == "uniform":
+            priors = present.to(weights.dtype)
+        elif isinstance(self.priors, str):
+            priors = weights.clone()
+        else:
+            priors = torch.as_tensor(np.asarray(self.priors, dtype=np.float64), device=weights.device)
+            if priors.shape != weights.shape or bool((priors < 0).any()) or not bool(torch.isfinite(priors).all()):
+                raise ValueError(
+                    f"priors must be {weights.shape[0]} non-negative numbers, one per class in classes_ order"
+                )
+            priors = torch.where(present, priors, torch.zeros_like(priors))
+        if float(priors.sum()) <= 0:
+            raise ValueError("priors give zero probability to every class with data")
+        return torch.log(priors / priors.sum())
+
+    def _heads(self, stats: ClassStatistics) -> tuple[GaussianHead, GaussianHead | None]:
+        """Class head and (for relative Mahalanobis) background head from statistics."""
+        shrinkage_on = self.shrinkage is not None
+        estimate = estimate_covariance(stats, self.covariance, self.shrinkage)
+        center = (stats.weights @ stats.means) / stats.weights.sum()
+        names = self.classes_.tolist()
+        head = GaussianHead.build(stats.means, estimate, self._log_priors(stats.weights), center, shrinkage_on, names)
+        background = None
+        if self.score_ == "relative_mahalanobis":
+            mean, cov = background_covariance(stats, self.shrinkage)
+            bg_estimate = CovarianceEstimate("tied", cov, cov, torch.zeros(1, dtype=cov.dtype))
+            background = GaussianHead.build(
+                mean[None], bg_estimate, torch.zeros(1, dtype=cov.dtype, device=cov.device), center, shrinkage_on
+            )
+        return head, background
+
+    def _refresh(self) -> None:
+        """Re-derive everything from the statistics (after fit, partial_fit, forget, unlearn, load)."""
+        n_present = int((self.statistics_.weights > 0).sum())
+        self.score_ = score_functions.resolve_score(self.score, n_present)
+        self.head_, self.background_ = self._heads(self.statistics_)
+        self._device_heads = {}
+        self._device_heads_lock = threading.Lock()
+
+    def _keep_classes(self, keep: np.ndarray) -> None:
+        index = np.flatnonzero(keep)
+        self.statistics_ = self.statistics_.select(index.tolist())
+        self.classes_ = self.classes_[index]
+        self._refresh()
+        if self.held_out_scores_ is not None:
+            new_index = np.full(keep.size, -1)
+            new_index[index] = np.arange(index.size)
+            self.held_out_scores_ = self.held_out_scores_.remapped(new_index)
+            if self.held_out_scores_.values.size == 0:
+                self.held_out_scores_, self.threshold_ = None, None
+            elif self.target_tpr is not None:
+                self.threshold_ = conformal_threshold(self.held_out_scores_.values, self.target_tpr)
+
+    def _heads_for(self, dtype: torch.dtype, device) -> tuple[GaussianHead, GaussianHead | None]:
+        key = (dtype, str(device))
+        cached = self._device_heads.get(key)
+        if cached is None:
+            with self._device_heads_lock:
+                cached = (
+                    self.head_.to(dtype, device),
+                    None if self.background_ is None else self.background_.to(dtype, device),
+                )
+                self._device_heads[key] = cached
+        return cached
+
+    def _evaluate(self, X: Tensor, *, want_log_joint: bool, want_argmax: bool = False, heads=None):
+        """OOD scores (n,) and either log joints (n, C), argmax classes (n,) or None, chunk by chunk."""
+        head, background = heads if heads is not None else self._heads_for(X.dtype, X.device)
+        score_name = self.score_
+        scores, extra = [], []
+        for start in range(0, X.shape[0], head.chunk_rows()):
+            chunk = X[start : start + head.chunk_rows()]
+            distances = head.squared_mahalanobis(chunk)
+            log_joint = head.log_likelihoods(distances) + head.log_priors
+            if score_name == "mahalanobis":
+                scores.append(score_functions.mahalanobis(distances))
+            elif score_name == "relative_mahalanobis":
+                scores.append(score_functions.relative_mahalanobis(distances, background.squared_mahalanobis(chunk)[:, 0]))
+            else:
+                scores.append(score_functions.likelihood(log_joint))
+            if want_log_joint:
+                extra.append(log_joint)
+            elif want_argmax:
+                extra.append(log_joint.argmax(1))
+        return torch.cat(scores), (torch.cat(extra) if extra else None)
+
+    def _cross_fitted_scores(self, X: Tensor, class_index: Tensor, weights: Tensor | None) -> HeldOutScores:
+        """Held-out scores of up to WORKING_POINT_ROWS of these rows, each from a model without its fold.
+
+        The fold's statistics are subtracted from the model's, so every fold
+        model is exact and costs one covariance build, not a refit.
+        """
+        rng = self._rng()
+        n = X.shape[0]
+        sample = np.sort(rng.choice(n, min(n, WORKING_POINT_ROWS), replace=False))
+        folds = np.array_split(rng.permutation(sample), min(WORKING_POINT_FOLDS, sample.size))
+        values, classes = [], []
+        C = len(self.classes_)
+        for fold in folds:
+            rows = torch.as_tensor(np.sort(fold), device=X.device)
+            removed = ClassStatistics.from_rows(
+                X[rows], class_index[rows], C, None if weights is None else weights[rows]
+            )
+            remaining = self.statistics_.subtract(removed)
+            if float(remaining.weights.sum()) <= 0:
+                continue
+            head, background = self._heads(remaining)
+            fold_scores, _ = self._evaluate(
+                X[rows], want_log_joint=False, heads=(head.to(X.dtype, X.device), background and background.to(X.dtype, X.device))
+            )
+            values.append(fold_scores.double().cpu().numpy())
+            classes.append(class_index[rows].cpu().numpy())
+        represented = float(weights.sum()) if weights is not None else float(n)
+        if not values:
+            return HeldOutScores(np.empty(0), np.empty(0, dtype=np.int64), represented)
+        return HeldOutScores(np.concatenate(values), np.concatenate(classes), represented)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags

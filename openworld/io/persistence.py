@@ -1,0 +1,87 @@
+"""Model files: one safetensors file whose header carries a JSON manifest.
+
+Tensors go through safetensors (no code runs on load, unlike pickle); the
+manifest (format version, hyper-parameters, labels, working point) sits in
+the header's metadata, with a SHA-256 of the tensor bytes so a garbled file
+fails loudly instead of giving wrong numbers. Writes go to a temporary file
+beside the target and are renamed into place, so a crash never leaves half
+a model under the real name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+FORMAT = "openworld.model"
+FORMAT_VERSION = 1
+MANIFEST_KEY = "openworld"
+
+
+class ModelFileError(ValueError):
+    """The file is not a readable openworld model of a supported version."""
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of the tensors, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def write_model_file(path, tensors: dict[str, torch.Tensor], manifest: dict) -> Path:
+    """Atomically write ``tensors`` and the JSON ``manifest`` to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "sha256": tensor_digest(tensors), **manifest}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={MANIFEST_KEY: json.dumps(header)})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_model_file(path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and manifest from ``path``; ModelFileError names what is wrong with a bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {str(path)!r}")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ModelFileError(f"{str(path)!r} is not a readable model file (truncated or not safetensors): {error}") from None
+    if MANIFEST_KEY not in metadata:
+        raise ModelFileError(f"{str(path)!r} is a safetensors file but not an openworld model (no manifest)")
+    try:
+        manifest = json.loads(metadata[MANIFEST_KEY])
+    except json.JSONDecodeError as error:
+        raise ModelFileError(f"{str(path)!r} has a damaged manifest: {error}") from None
+    if manifest.get("format") != FORMAT:
+        raise ModelFileError(f"{str(path)!r} is not an openworld model (format {manifest.get('format')!r})")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{str(path)!r} has model format version {manifest.get('format_version')!r}; "
+            f"this openworld reads version {FORMAT_VERSION}"
+        )
+    if tensor_digest(tensors) != manifest.get("sha256"):
+        raise ModelFileError(f"{str(path)!r} is damaged: its tensors do not match the checksum in its manifest")
+    return tensors, manifest

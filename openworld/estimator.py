@@ -372,7 +372,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         head = GaussianHead.build(stats.means, estimate, self._log_priors(stats.weights), center, shrinkage_on, names)
         background = None
         if self.score_ == "relative_mahalanobis":
-            mean, cov = background_covariance(stats, self.shrinkage)
+            mean, cov = background_covariance(stats, estimate.pooled)
             bg_estimate = CovarianceEstimate("tied", cov, cov, torch.zeros(1, dtype=cov.dtype))
             background = GaussianHead.build(
                 mean[None], bg_estimate, torch.zeros(1, dtype=cov.dtype, device=cov.device), center, shrinkage_on

@@ -111,10 +111,19 @@ def estimate_covariance(stats: ClassStatistics, structure: str, shrinkage) -> Co
     return CovarianceEstimate("diag", (1 - lam) * variances + lam * pooled_variances, pooled, intensities)
 
 
-def background_covariance(stats: ClassStatistics, shrinkage) -> tuple[Tensor, Tensor]:
-    """Mean (d,) and shrunk covariance (d, d) of all rows as one Gaussian (Ren et al. 2021)."""
-    everything = stats.pooled()
-    covariance, _ = single_covariance(
-        everything.scatters[0], everything.fourth_moments[0], everything.weights[0], shrinkage
-    )
-    return everything.means[0], covariance
+def background_covariance(stats: ClassStatistics, pooled: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean (d,) and covariance (d, d) of all rows as one Gaussian (Ren et al. 2021).
+
+    The covariance is the (shrunk) pooled within-class covariance plus the
+    between-class scatter over the total weight — the moments of the fitted
+    class mixture. Without shrinkage this is the plain covariance of all rows;
+    with it, the background is never tighter than a class in any direction
+    (Σ₀ ⪰ Σ), so no direction makes far-away rows look closer to a class than
+    to the background. Shrinking the two separately breaks that on constant
+    features.
+    """
+    W = stats.weights.sum()
+    mean = (stats.weights @ stats.means) / W
+    offsets = stats.means - mean
+    between = (offsets * stats.weights[:, None]).T @ offsets / W
+    return mean, pooled + between

@@ -54,8 +54,19 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
     >>> X = np.vstack([rng.normal(0, 1, (200, 4)), rng.normal(4, 1, (200, 4))])
     >>> y = np.repeat(["cat", "dog"], 200)
     >>> model = OpenWorld(random_state=0).fit(X, y)
-    >>> model.predict(np.array([[0.0, 0, 0, 0], [4, 4, 4, 4], [40, -40, 40, -40]])).tolist()
+    >>> model.predict(np.array([[0.0, 0, 0, 0], [4, 4, 4, 4], [40, 40, 40, 40]])).tolist()
     ['cat', 'dog', 'unknown']
+
+    Relative Mahalanobis (the default with two classes or more) cannot see
+    directions in which the classes do not differ: a row far away along
+    them keeps the score of its projection. ``score="mahalanobis"`` sees
+    every direction.
+
+    >>> far_sideways = np.array([[40.0, -40, 40, -40]])
+    >>> model.predict(far_sideways).tolist()
+    ['cat']
+    >>> OpenWorld(score="mahalanobis", random_state=0).fit(X, y).predict(far_sideways).tolist()
+    ['unknown']
     """
 
     def __init__(

@@ -47,7 +47,9 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
     """Open-world classifier on embeddings: class posteriors, "unknown", exact incremental learning.
 
     Parameters follow ``DESIGN.md``'s public contract. ``random_state`` seeds
-    the cross-fitting that places the default working point.
+    the cross-fitting that places the default working point. An
+    ``embedding_model_`` attribute, when set (the command line sets it), names
+    the encoder the features came from and is saved with the model.
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
@@ -268,6 +270,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             "n_features_in": self.n_features_in_,
             "threshold": self.threshold_,
             "held_out_represents": held_out,
+            "embedding_model": getattr(self, "embedding_model_", None),
         }
         write_model_file(path, tensors, manifest)
 
@@ -287,6 +290,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             if model.statistics_.means.shape != (len(classes), model.n_features_in_):
                 raise ValueError("statistics do not match the classes and features in the manifest")
             model.threshold_ = manifest["threshold"]
+            model.embedding_model_ = manifest["embedding_model"]
             model.held_out_scores_ = None
             if manifest["held_out_represents"] is not None:
                 model.held_out_scores_ = HeldOutScores(

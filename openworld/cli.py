@@ -1,0 +1,189 @@
+"""The ``openworld`` command line: demo, embed, fit, score.
+
+Tables are .npy/.npz, Parquet or CSV holding a vector column, numeric
+feature columns, or a text column (embedded with the bundled sentence model;
+the model remembers that, so ``score`` embeds text the same way).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table as RichTable
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)
+
+
+def _parse_shrinkage(value: str):
+    if value.lower() in ("auto", "oas"):
+        return value.lower()
+    if value.lower() == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        _fail(f"--shrinkage must be auto, oas, none or a number in [0, 1], got {value!r}")
+
+
+def _features(path: Path, vectors: Optional[str], text: Optional[str], labels: Optional[str], progress: bool):
+    """(X, labels, encoder name or None) from a table; text is embedded (cached)."""
+    from openworld.io.tables import read_table
+
+    table = read_table(path, vector_column=vectors, text_column=text, label_column=labels)
+    if table.vectors is not None:
+        return table.vectors, table.labels, None
+    from openworld.encoders.text import TextEncoder, embed_texts
+
+    encoder = TextEncoder(progress=progress)
+    return embed_texts(table.texts, encoder=encoder, progress=progress), table.labels, encoder.name
+
+
+def _print_summary(title: str, rows: dict) -> None:
+    table = RichTable(title=title, show_header=False)
+    for key, value in rows.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+@app.command()
+def demo(
+    cache_dir: Optional[Path] = typer.Option(None, help="Where embeddings are cached (default ~/.cache/openworld)."),
+    save: Optional[Path] = typer.Option(None, help="Also save the fitted model here (.safetensors)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+):
+    """Fit on CLINC150's 150 intents and report accuracy and out-of-scope detection on its test split."""
+    from openworld.demo import run_demo
+
+    report = run_demo(cache_dir=cache_dir, progress=progress, model_path=save)
+    _print_summary("openworld demo: CLINC150 (all-MiniLM-L6-v2 embeddings)", report.as_dict())
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.as_dict(), indent=2))
+
+
+@app.command()
+def embed(
+    data: Path = typer.Argument(..., help="Table with a text column (.parquet, .csv, .npz)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Where to write vectors (.parquet, .csv, .npz)."),
+    text: Optional[str] = typer.Option(None, help="Text column (default: text/sentence/utterance)."),
+    labels: Optional[str] = typer.Option(None, help="Label column to carry over (default: label/y if present)."),
+    batch_size: int = typer.Option(64, help="Sentences per forward pass."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+):
+    """Embed a text column with all-MiniLM-L6-v2 (offline, cached) and write an `embedding` column."""
+    from openworld.encoders.text import TextEncoder, embed_texts
+    from openworld.io.tables import read_table, write_table
+
+    table = read_table(data, text_column=text, label_column=labels)
+    if table.texts is None:
+        _fail(f"{data} has no text column to embed (name it with --text)")
+    vectors = embed_texts(table.texts, encoder=TextEncoder(batch_size=batch_size, progress=progress), progress=progress)
+    columns = {"embedding": vectors}
+    if table.labels is not None:
+        columns["label"] = table.labels
+    write_table(output, columns)
+    console.print(f"wrote {vectors.shape[0]} embeddings of dimension {vectors.shape[1]} to {output}")
+
+
+@app.command()
+def fit(
+    data: Path = typer.Argument(..., help="Training table: vectors or text, and a label column."),
+    output: Path = typer.Option(..., "-o", "--output", help="Model file to write (.safetensors)."),
+    labels: Optional[str] = typer.Option(None, help="Label column (default: label/y; none = one-class model)."),
+    vectors: Optional[str] = typer.Option(None, help="Vector column (default: auto-detected)."),
+    text: Optional[str] = typer.Option(None, help="Text column to embed instead of vectors."),
+    covariance: str = typer.Option("tied", help="tied | full | diag"),
+    shrinkage: str = typer.Option("auto", help="auto (Ledoit-Wolf) | oas | none | a number in [0, 1]"),
+    score: str = typer.Option("auto", help="auto | mahalanobis | relative_mahalanobis | likelihood"),
+    priors: str = typer.Option("uniform", help="uniform | empirical"),
+    target_tpr: float = typer.Option(0.95, help="Share of in-distribution rows to keep (0 < t < 1)."),
+    reject: bool = typer.Option(True, help="--no-reject: never answer unknown (target_tpr=None)."),
+    random_state: int = typer.Option(0, help="Seed of the cross-fitting that places the working point."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+):
+    """Fit an OpenWorld model and save it."""
+    from openworld.estimator import OpenWorld
+
+    try:
+        X, y, encoder = _features(data, vectors, text, labels, progress)
+        model = OpenWorld(
+            covariance=covariance,
+            shrinkage=_parse_shrinkage(shrinkage),
+            score=score,
+            priors=priors,
+            target_tpr=target_tpr if reject else None,
+            random_state=random_state,
+        ).fit(X, y)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        _fail(str(error))
+    model.embedding_model_ = encoder
+    model.save(output)
+    _print_summary(
+        f"fitted {output}",
+        {
+            "rows": X.shape[0],
+            "features": X.shape[1],
+            "classes": len(model.classes_),
+            "covariance": covariance,
+            "score": model.score_,
+            "threshold": "none" if model.threshold_ is None else model.threshold_,
+        },
+    )
+
+
+@app.command("score")
+def score_command(
+    model_path: Path = typer.Argument(..., help="Model written by `openworld fit`."),
+    data: Path = typer.Argument(..., help="Table of vectors or text to score."),
+    output: Path = typer.Option(..., "-o", "--output", help="Where to write predictions (.parquet, .csv, .npz)."),
+    labels: Optional[str] = typer.Option(None, help="Label column, if present, to report accuracy."),
+    vectors: Optional[str] = typer.Option(None, help="Vector column (default: auto-detected)."),
+    text: Optional[str] = typer.Option(None, help="Text column to embed instead of vectors."),
+    proba: bool = typer.Option(False, help="Also write the posterior of every class (a vector column)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+):
+    """Predict labels (or unknown), OOD scores and confidences for every row."""
+    from openworld.estimator import OpenWorld
+
+    try:
+        model = OpenWorld.load(model_path)
+        X, y, encoder = _features(data, vectors, text, labels, progress)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        _fail(str(error))
+    if encoder is not None and model.embedding_model_ != encoder:
+        _fail(f"{model_path} was fitted on {model.embedding_model_ or 'vectors'}, not on text embedded with {encoder}")
+    try:
+        posteriors = model.predict_proba(X)
+        predictions = model.predict(X)
+        scores = model.score_samples(X)
+    except ValueError as error:
+        _fail(str(error))
+    columns = {
+        "prediction": predictions.astype(str),
+        "unknown": predictions.astype(str) == str(model.unknown_label),
+        "score": scores,
+        "confidence": posteriors.max(1),
+    }
+    if proba:
+        columns["proba"] = posteriors
+    from openworld.io.tables import write_table
+
+    write_table(output, columns)
+    summary = {"rows": X.shape[0], "unknown share": float(columns["unknown"].mean())}
+    if y is not None:
+        known = np.isin(y, model.classes_)
+        if known.any():
+            best = model.classes_[posteriors[known].argmax(1)]
+            summary["accuracy on known classes (closed set)"] = float(np.mean(best == y[known]))
+    _print_summary(f"scored {data} → {output}", summary)

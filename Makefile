@@ -9,7 +9,7 @@ $(BIN)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	# torch first: 2.13.0 is the CPU wheel on this machine's disk; a range would pull a CUDA build.
 	$(BIN)/pip install --disable-pip-version-check -q torch==2.13.0
-	$(BIN)/pip install --disable-pip-version-check -q -c requirements.lock -e ".[text,test]"
+	$(BIN)/pip install --disable-pip-version-check -q -c requirements.lock -e ".[text,knn,test]"
 	touch $@
 
 install: $(BIN)/.installed

@@ -5,8 +5,8 @@
 - ``full``: one covariance per class, shrunk toward the (shrunk) tied one —
   Friedman's regularized discriminant analysis — so a class with one row
   inherits the pooled shape instead of a singular matrix. With ``"auto"`` /
-  ``"oas"`` the intensity is at least ``1 / (W_k + 1)``: the pooled
-  covariance weighs as one prior row.
+  ``"oas"`` the intensity is at least ``d / (W_k + d)``: the pooled
+  covariance weighs as d prior rows.
 - ``diag``: per-class variances (Gaussian naive Bayes), shrunk toward the
   tied covariance's diagonal with the same intensities as ``full``.
 
@@ -25,7 +25,6 @@ from openworld.core.statistics import ClassStatistics
 
 Tensor = torch.Tensor
 STRUCTURES = ("tied", "full", "diag")
-PRIOR_ROWS = 1.0  # weight of the pooled covariance as a prior on each class's (auto / oas)
 SHRINKAGE_METHODS = ("auto", "oas")
 
 
@@ -92,10 +91,14 @@ def class_intensities(stats: ClassStatistics, shrinkage, target: Tensor) -> Tens
                 estimated = ledoit_wolf_intensity(stats.scatters[k], stats.fourth_moments[k], W, target)
             else:
                 estimated = oas_intensity(stats.scatters[k], W)
-            # A few rows cannot measure how noisy their own covariance is (two rows, or one
-            # row repeated, give a zero variance estimate and so no shrinkage at all): the
-            # pooled covariance counts as one prior row, so the class keeps its shape.
-            values.append(max(estimated, PRIOR_ROWS / (W + PRIOR_ROWS)))
+            # Ledoit-Wolf and OAS minimise the error of the covariance, not of its inverse,
+            # and a few rows cannot measure their own noise (two rows give a zero variance
+            # estimate, so no shrinkage at all). The pooled covariance therefore counts as
+            # d prior rows (an inverse-Wishart prior with d degrees of freedom): with 100
+            # rows in 384 dimensions that is λ ≥ 0.79, where classification works, against
+            # the λ ≈ 0.2 Ledoit-Wolf picks on CLINC150, where accuracy drops by 7 points.
+            prior_rows = float(stats.n_features)
+            values.append(max(estimated, prior_rows / (W + prior_rows)))
         intensities = torch.tensor(values, dtype=stats.means.dtype)
     return intensities.to(stats.device)
 

@@ -1,4 +1,4 @@
-"""The ``openworld`` command line: demo, embed, fit, score.
+"""The ``openworld`` command line: demo, embed, fit, score, eval.
 
 Tables are .npy/.npz, Parquet or CSV holding a vector column, numeric
 feature columns, or a text column (embedded with the bundled sentence model;
@@ -187,3 +187,88 @@ def score_command(
             best = model.classes_[posteriors[known].argmax(1)]
             summary["accuracy on known classes (closed set)"] = float(np.mean(best == y[known]))
     _print_summary(f"scored {data} → {output}", summary)
+
+
+def _ood_mask(y: np.ndarray, classes: np.ndarray, ood_labels: list[str]) -> np.ndarray:
+    """Rows whose label is one of ``ood_labels``; every other row must carry a class of the model."""
+    if y.dtype.kind in "iu":
+        try:
+            wanted = np.array([int(value) for value in ood_labels], dtype=y.dtype)
+        except ValueError:
+            raise ValueError(f"--ood-label {ood_labels!r}: the label column holds integers") from None
+    else:
+        wanted = np.array(ood_labels, dtype=str)
+    clash = [value for value in wanted.tolist() if value in set(classes.tolist())]
+    if clash:
+        raise ValueError(f"--ood-label {clash[0]!r} is a class the model was fitted on")
+    is_ood = np.isin(y, wanted)
+    strangers = np.unique(y[~is_ood & ~np.isin(y, classes)])
+    if strangers.size:
+        raise ValueError(
+            f"label(s) {strangers[:10].tolist()!r} are neither classes of the model nor given with --ood-label "
+            "(without --ood-label every unknown label counts as out-of-distribution)"
+        )
+    return is_ood
+
+
+def _print_report(report) -> None:
+    table = RichTable(title=f"evaluation: {report.title}", show_header=False)
+    for key, value in report.summary().items():
+        if value is None:
+            text = "—"
+        elif isinstance(value, float):
+            text = f"{value:.4f}"
+        elif isinstance(value, int):
+            text = f"{value:,}"
+        else:
+            text = str(value)
+        table.add_row(key, text)
+    Console().print(table)
+    for note in report.notes:
+        console.print(f"[bold yellow]note:[/] {note}")
+
+
+@app.command("eval")
+def eval_command(
+    model_path: Path = typer.Argument(..., help="Model written by `openworld fit`."),
+    data: Path = typer.Argument(..., help="Labelled table: rows of the model's classes and out-of-distribution rows."),
+    labels: Optional[str] = typer.Option(None, help="Label column (default: label/y)."),
+    vectors: Optional[str] = typer.Option(None, help="Vector column (default: auto-detected)."),
+    text: Optional[str] = typer.Option(None, help="Text column to embed instead of vectors."),
+    ood_label: Optional[list[str]] = typer.Option(
+        None, "--ood-label", help="Label of out-of-distribution rows (repeatable). Default: every label the model does not know."
+    ),
+    report_path: Optional[Path] = typer.Option(None, "--report", help="Write a self-contained HTML report here."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+):
+    """Accuracy, OOD detection (AUROC, AUPR, FPR@95), calibration and the working point on labelled data."""
+    from openworld.estimator import OpenWorld
+    from openworld.evaluation.report import evaluate, write_html, write_json
+
+    for path in (report_path, json_out):
+        if path is not None and not path.parent.is_dir():
+            _fail(f"cannot write {path}: folder {path.parent} does not exist")
+    try:
+        model = OpenWorld.load(model_path)
+        X, y, encoder = _features(data, vectors, text, labels, progress)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        _fail(str(error))
+    if encoder is not None and model.embedding_model_ != encoder:
+        _fail(f"{model_path} was fitted on {model.embedding_model_ or 'vectors'}, not on text embedded with {encoder}")
+    if y is None:
+        _fail(f"{data} has no label column (name it with --labels): evaluation needs the true labels")
+    try:
+        is_ood = _ood_mask(y, model.classes_, ood_label) if ood_label else None
+        report = evaluate(model, X, y, is_ood=is_ood, title=str(data))
+    except ValueError as error:
+        _fail(str(error))
+    _print_report(report)
+    for path, write in ((json_out, write_json), (report_path, write_html)):
+        if path is None:
+            continue
+        try:
+            write(report, path)
+        except OSError as error:
+            _fail(f"cannot write {path}: {error.strerror or error}")
+        console.print(f"wrote {path}")

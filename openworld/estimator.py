@@ -23,6 +23,7 @@ from openworld.core.covariance import (
     validate_structure,
 )
 from openworld.core.gaussian import GaussianHead
+from openworld.core.mixture import fit_class_components, segment_logsumexp, validate_components
 from openworld.core.statistics import ClassStatistics
 from openworld.core.working_point import HeldOutScores, conformal_threshold, validate_target_tpr
 from openworld.io.persistence import ModelFileError, read_model_file, write_model_file
@@ -104,7 +105,13 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         self.n_features_in_ = X.shape[1]
         class_index = self._class_index(labels, X.device)
         weights = as_weights(sample_weight, X.shape[0], X.device)
-        self.statistics_ = self._accumulate(X, class_index, weights)
+        if self._is_mixture():
+            if weights is not None:
+                raise ValueError("sample_weight is not supported with components != 1 (mixtures are fitted by EM)")
+            self.statistics_, self.component_class_ = self._fit_components(X, class_index, np.arange(len(self.classes_)))
+        else:
+            self.statistics_ = self._accumulate(X, class_index, weights)
+            self.component_class_ = np.arange(len(self.classes_))
         self._refresh()
         self.threshold_ = None
         self.held_out_scores_ = None
@@ -128,14 +135,23 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         if new.size:
             merged = np.concatenate([self.classes_, new])
             order = np.argsort(merged, kind="stable")
-            self.statistics_ = self.statistics_.padded(merged.size).select(order.tolist())
+            rank = np.argsort(order)  # old class index -> new class index
             self.classes_ = merged[order]
+            if self._is_mixture():
+                self.component_class_ = rank[self.component_class_]
+            else:
+                self.statistics_ = self.statistics_.padded(merged.size).select(order.tolist())
+                self.component_class_ = np.arange(merged.size)
             if self.held_out_scores_ is not None:
-                self.held_out_scores_ = self.held_out_scores_.remapped(np.argsort(order)[: order.size - new.size])
+                self.held_out_scores_ = self.held_out_scores_.remapped(rank[: order.size - new.size])
         class_index = self._class_index(labels, X.device)
         weights = as_weights(sample_weight, X.shape[0], X.device)
-        batch = self._accumulate(X, class_index, weights)
-        self.statistics_ = self.statistics_.merge(batch)
+        if self._is_mixture():
+            if weights is not None:
+                raise ValueError("sample_weight is not supported with components != 1 (mixtures are fitted by EM)")
+            self._partial_fit_components(X, class_index, new)
+        else:
+            self.statistics_ = self.statistics_.merge(self._accumulate(X, class_index, weights))
         self._refresh()
         if self.target_tpr is not None:
             fresh = self._cross_fitted_scores(X, class_index, weights)
@@ -165,6 +181,11 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         ``set_working_point`` on fresh rows after large deletions.
         """
         self._check_fitted()
+        if self._is_mixture():
+            raise ValueError(
+                "unlearn needs components=1: which mixture component a row fed cannot be undone "
+                "without the rows the mixture was fitted on (forget a whole class instead)"
+            )
         X, _ = as_features(X, n_features=self.n_features_in_, name=type(self).__name__, device=self.statistics_.device)
         labels = self._labels_or_one_class(y, X.shape[0])
         self._check_label_type(labels)
@@ -174,7 +195,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         weights = as_weights(sample_weight, X.shape[0], X.device)
         removed = self._accumulate(X, self._class_index(labels, X.device), weights)
         self.statistics_ = self.statistics_.subtract(removed)
-        keep = (self.statistics_.weights > 0).cpu().numpy()
+        keep = (self._class_weights(self.statistics_) > 0).cpu().numpy()
         if not keep.any():
             raise ValueError("unlearning these rows would leave no data: every class would be empty")
         self._keep_classes(keep)
@@ -250,6 +271,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         """Write the model as one safetensors file with a JSON manifest (atomic; never pickle)."""
         self._check_fitted()
         tensors = {f"statistics.{k}": v for k, v in self.statistics_.as_dict().items()}
+        tensors["component_class"] = torch.from_numpy(self.component_class_.astype(np.int64))
         held_out = None
         if self.held_out_scores_ is not None:
             tensors["held_out.values"] = torch.from_numpy(self.held_out_scores_.values)
@@ -285,7 +307,11 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             model.statistics_ = ClassStatistics(
                 **{f: tensors[f"statistics.{f}"] for f in ClassStatistics.__dataclass_fields__}
             )
-            if model.statistics_.means.shape != (len(classes), model.n_features_in_):
+            model.component_class_ = tensors["component_class"].numpy()
+            if (
+                model.statistics_.means.shape != (model.component_class_.size, model.n_features_in_)
+                or set(model.component_class_.tolist()) != set(range(len(classes)))
+            ):
                 raise ValueError("statistics do not match the classes and features in the manifest")
             model.threshold_ = manifest["threshold"]
             model.embedding_model_ = manifest["embedding_model"]
@@ -309,8 +335,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         validate_target_tpr(self.target_tpr)
         if self.score != "auto" and self.score not in score_functions.SCORES:
             score_functions.resolve_score(self.score, 2)
-        if self.components != 1:
-            raise ValueError(f"components={self.components!r}: only one Gaussian per class is available in this release")
+        validate_components(self.components)
         if self.calibration is not None:
             raise ValueError(f"calibration={self.calibration!r}: post-hoc calibration is not available in this release")
         if isinstance(self.priors, str) and self.priors not in ("uniform", "empirical"):
@@ -359,6 +384,23 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             stats = chunk if stats is None else stats.merge(chunk)
         return stats
 
+    def _is_mixture(self) -> bool:
+        return self.components != 1
+
+    def _class_weights(self, stats: ClassStatistics) -> Tensor:
+        """(C,) total weight of each class: the sum over its components."""
+        index = torch.as_tensor(self.component_class_, device=stats.device)
+        return torch.zeros(len(self.classes_), dtype=stats.weights.dtype, device=stats.device).index_add(
+            0, index, stats.weights
+        )
+
+    def _component_log_priors(self, stats: ClassStatistics) -> Tensor:
+        """(M,) log π_class + log(W_m / W_class): class prior times mixture weight."""
+        class_weights = self._class_weights(stats)
+        index = torch.as_tensor(self.component_class_, device=stats.device)
+        within = torch.log(stats.weights / torch.clamp(class_weights[index], min=torch.finfo(stats.weights.dtype).tiny))
+        return self._log_priors(class_weights)[index] + within
+
     def _log_priors(self, weights: Tensor) -> Tensor:
         present = weights > 0
         if isinstance(self.priors, str) and self.priors == "uniform":
@@ -381,8 +423,8 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         shrinkage_on = self.shrinkage is not None
         estimate = estimate_covariance(stats, self.covariance, self.shrinkage)
         center = (stats.weights @ stats.means) / stats.weights.sum()
-        names = self.classes_.tolist()
-        head = GaussianHead.build(stats.means, estimate, self._log_priors(stats.weights), center, shrinkage_on, names)
+        names = self.classes_[self.component_class_].tolist()
+        head = GaussianHead.build(stats.means, estimate, self._component_log_priors(stats), center, shrinkage_on, names)
         background = None
         if self.score_ == "relative_mahalanobis":
             mean, cov = background_covariance(stats, estimate.pooled)
@@ -399,7 +441,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
 
     def _refresh(self) -> None:
         """Re-derive everything from the statistics (after fit, partial_fit, forget, unlearn, load)."""
-        n_present = int((self.statistics_.weights > 0).sum())
+        n_present = int((self._class_weights(self.statistics_) > 0).sum())
         self.score_ = score_functions.resolve_score(self.score, n_present)
         self.head_, self.background_ = self._heads(self.statistics_)
         # Heads cast to other dtypes/devices, built on first use. Concurrent scorers may
@@ -408,12 +450,14 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
 
     def _keep_classes(self, keep: np.ndarray) -> None:
         index = np.flatnonzero(keep)
-        self.statistics_ = self.statistics_.select(index.tolist())
+        new_index = np.full(keep.size, -1)
+        new_index[index] = np.arange(index.size)
+        components = np.flatnonzero(keep[self.component_class_])
+        self.statistics_ = self.statistics_.select(components.tolist())
+        self.component_class_ = new_index[self.component_class_[components]]
         self.classes_ = self.classes_[index]
         self._refresh()
         if self.held_out_scores_ is not None:
-            new_index = np.full(keep.size, -1)
-            new_index[index] = np.arange(index.size)
             self.held_out_scores_ = self.held_out_scores_.remapped(new_index)
             if self.held_out_scores_.values.size == 0:
                 self.held_out_scores_, self.threshold_ = None, None
@@ -440,6 +484,8 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             chunk = X[start : start + head.chunk_rows()]
             distances = head.squared_mahalanobis(chunk)
             log_joint = head.log_likelihoods(distances) + head.log_priors
+            if self._is_mixture():
+                log_joint = segment_logsumexp(log_joint, torch.as_tensor(self.component_class_), len(self.classes_))
             if score_name == "mahalanobis":
                 scores.append(score_functions.mahalanobis(distances))
             elif score_name == "relative_mahalanobis":
@@ -451,6 +497,39 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             elif want_argmax:
                 extra.append(log_joint.argmax(1))
         return torch.cat(scores), (torch.cat(extra) if extra else None)
+
+    def _fit_components(self, X: Tensor, class_index: Tensor, classes: np.ndarray) -> tuple[ClassStatistics, np.ndarray]:
+        """EM per class in ``classes`` on its rows: component statistics and the class of each component."""
+        parts, owners = [], []
+        seed = int(self._rng().integers(2**31))
+        for k in classes.tolist():
+            rows = (class_index == k).nonzero().flatten()
+            stats = fit_class_components(X[rows], self.components, self.covariance, self.shrinkage, seed)
+            parts.append(stats.to(X.device))
+            owners.append(np.full(stats.n_classes, k))
+        return ClassStatistics.concat(parts), np.concatenate(owners)
+
+    def _responsibilities(self, X: Tensor, class_index: Tensor) -> Tensor:
+        """(n, M) responsibilities of each row among the components of its own class (E-step)."""
+        head = self.head_.to(torch.float64, X.device)
+        joint = head.log_likelihoods(head.squared_mahalanobis(X.double())) + head.log_priors
+        own = torch.as_tensor(self.component_class_, device=X.device)[None, :] == class_index[:, None]
+        joint = torch.where(own, joint, torch.full_like(joint, -torch.inf))
+        return torch.softmax(joint, dim=1)
+
+    def _partial_fit_components(self, X: Tensor, class_index: Tensor, new_classes: np.ndarray) -> None:
+        """One online-EM step for known classes; EM from scratch for classes new in this batch."""
+        new_index = np.searchsorted(self.classes_, new_classes)
+        is_new = torch.as_tensor(np.isin(class_index.cpu().numpy(), new_index), device=X.device)
+        if bool((~is_new).any()):
+            old = ~is_new
+            self.statistics_ = self.statistics_.merge(
+                ClassStatistics.from_responsibilities(X[old], self._responsibilities(X[old], class_index[old]))
+            )
+        if new_index.size:
+            stats, owners = self._fit_components(X, class_index, new_index)
+            self.statistics_ = ClassStatistics.concat([self.statistics_, stats])
+            self.component_class_ = np.concatenate([self.component_class_, owners])
 
     def _cross_fitted_scores(self, X: Tensor, class_index: Tensor, weights: Tensor | None) -> HeldOutScores:
         """Held-out scores of up to WORKING_POINT_ROWS of these rows, each from a model without its fold.
@@ -466,9 +545,12 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         C = len(self.classes_)
         for fold in folds:
             rows = torch.as_tensor(np.sort(fold), device=X.device)
-            removed = ClassStatistics.from_rows(
-                X[rows], class_index[rows], C, None if weights is None else weights[rows]
-            )
+            if self._is_mixture():
+                removed = ClassStatistics.from_responsibilities(X[rows], self._responsibilities(X[rows], class_index[rows]))
+            else:
+                removed = ClassStatistics.from_rows(
+                    X[rows], class_index[rows], C, None if weights is None else weights[rows]
+                )
             remaining = self.statistics_.subtract(removed)
             if float(remaining.weights.sum()) <= 0:
                 continue

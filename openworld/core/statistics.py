@@ -118,6 +118,32 @@ class ClassStatistics:
             stats.fourth_moments[k] = (wk * sq * sq).sum()
         return stats
 
+    @classmethod
+    def from_responsibilities(cls, X: Tensor, responsibilities: Tensor) -> ClassStatistics:
+        """Statistics of M soft components: row i counts with weight ``responsibilities[i, m]: (n, M)``.
+
+        This is the M-step of EM (Dempster et al. 1977) in statistics form, so a
+        mixture component is summarised, merged and shrunk like any class.
+        """
+        X = X.to(STAT_DTYPE)
+        R = responsibilities.to(device=X.device, dtype=STAT_DTYPE)
+        M, d = R.shape[1], X.shape[1]
+        stats = cls.zeros(M, d, device=X.device)
+        for m in range(M):  # M is a handful of components per class: fitting cost only
+            w = R[:, m]
+            total = w.sum()
+            if total <= 0:
+                continue
+            mean = (w @ X) / total
+            centered = X - mean
+            sq = (centered * centered).sum(1)
+            stats.weights[m] = total
+            stats.means[m] = mean
+            stats.scatters[m] = (centered * w[:, None]).T @ centered
+            stats.third_moments[m] = (w * sq) @ centered
+            stats.fourth_moments[m] = (w * sq * sq).sum()
+        return stats
+
     def about(self, centers: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Scatter, third and fourth moments taken about ``centers: (C, d)`` instead of the means.
 
@@ -207,6 +233,11 @@ class ClassStatistics:
         return ClassStatistics(
             **{f.name: torch.cat([getattr(self, f.name), getattr(extra, f.name)]) for f in fields(self)}
         )
+
+    @staticmethod
+    def concat(parts: list[ClassStatistics]) -> ClassStatistics:
+        """The classes of every part, in order."""
+        return ClassStatistics(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(parts[0])})
 
     def pooled(self) -> ClassStatistics:
         """One class holding every row: the background (class-agnostic) Gaussian's statistics."""

@@ -18,6 +18,7 @@ from openworld.core.arrays import InputKind, as_features, as_labels, as_weights,
 from openworld.core.covariance import (
     CovarianceEstimate,
     background_covariance,
+    low_variance_basis,
     estimate_covariance,
     validate_shrinkage,
     validate_structure,
@@ -46,7 +47,10 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
     """Open-world classifier on embeddings: class posteriors, "unknown", exact incremental learning.
 
     Parameters follow ``DESIGN.md``'s public contract. ``random_state`` seeds
-    the cross-fitting that places the default working point. An
+    the cross-fitting that places the default working point.
+    ``dropped_variance`` is the share of variance carried by the leading
+    principal components that ``score="low_variance_mahalanobis"`` leaves out
+    (Rippel et al. 2020). An
     ``embedding_model_`` attribute, when set (the command line sets it), names
     the encoder the features came from and is saved with the model.
 
@@ -82,6 +86,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         calibration=None,
         device=None,
         random_state=None,
+        dropped_variance: float = 0.5,
     ):
         self.covariance = covariance
         self.shrinkage = shrinkage
@@ -93,6 +98,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         self.calibration = calibration
         self.device = device
         self.random_state = random_state
+        self.dropped_variance = dropped_variance
 
     # ------------------------------------------------------------------ fitting
 
@@ -336,6 +342,10 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         if self.score != "auto" and self.score not in score_functions.SCORES:
             score_functions.resolve_score(self.score, 2)
         validate_components(self.components)
+        if isinstance(self.dropped_variance, bool) or not isinstance(self.dropped_variance, (int, float)) or not (
+            0.0 <= self.dropped_variance < 1.0
+        ):
+            raise ValueError(f"dropped_variance must be a float in [0, 1), got {self.dropped_variance!r}")
         if self.calibration is not None:
             raise ValueError(f"calibration={self.calibration!r}: post-hoc calibration is not available in this release")
         if isinstance(self.priors, str) and self.priors not in ("uniform", "empirical"):
@@ -419,7 +429,12 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         return torch.log(priors / priors.sum())
 
     def _heads(self, stats: ClassStatistics) -> tuple[GaussianHead, GaussianHead | None]:
-        """Class head and (for relative Mahalanobis) background head from statistics."""
+        """Class head, and the second head a score may need, from statistics.
+
+        The second head is the background Gaussian (relative Mahalanobis) or the
+        low-variance principal subspace of the pooled covariance
+        (low-variance Mahalanobis); None for the other scores.
+        """
         shrinkage_on = self.shrinkage is not None
         estimate = estimate_covariance(stats, self.covariance, self.shrinkage)
         center = (stats.weights @ stats.means) / stats.weights.sum()
@@ -437,13 +452,17 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             background = GaussianHead.build(
                 mean[None], bg_estimate, torch.zeros(1, dtype=cov.dtype, device=cov.device), center, shrinkage_on
             )
+        elif self.score_ == "low_variance_mahalanobis":
+            background = GaussianHead.build_subspace(
+                stats.means, low_variance_basis(estimate.pooled, self.dropped_variance), head.log_priors, center
+            )
         return head, background
 
     def _refresh(self) -> None:
         """Re-derive everything from the statistics (after fit, partial_fit, forget, unlearn, load)."""
         n_present = int((self._class_weights(self.statistics_) > 0).sum())
         self.score_ = score_functions.resolve_score(self.score, n_present)
-        self.head_, self.background_ = self._heads(self.statistics_)
+        self.head_, self.score_head_ = self._heads(self.statistics_)
         # Heads cast to other dtypes/devices, built on first use. Concurrent scorers may
         # both build one; the results are identical, so no lock is needed.
         self._device_heads = {}
@@ -470,14 +489,14 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         if cached is None:
             cached = (
                 self.head_.to(dtype, device),
-                None if self.background_ is None else self.background_.to(dtype, device),
+                None if self.score_head_ is None else self.score_head_.to(dtype, device),
             )
             self._device_heads[key] = cached
         return cached
 
     def _evaluate(self, X: Tensor, *, want_log_joint: bool, want_argmax: bool = False, heads=None):
         """OOD scores (n,) and either log joints (n, C), argmax classes (n,) or None, chunk by chunk."""
-        head, background = heads if heads is not None else self._heads_for(X.dtype, X.device)
+        head, second = heads if heads is not None else self._heads_for(X.dtype, X.device)
         score_name = self.score_
         scores, extra = [], []
         for start in range(0, X.shape[0], head.chunk_rows()):
@@ -489,7 +508,9 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             if score_name == "mahalanobis":
                 scores.append(score_functions.mahalanobis(distances))
             elif score_name == "relative_mahalanobis":
-                scores.append(score_functions.relative_mahalanobis(distances, background.squared_mahalanobis(chunk)[:, 0]))
+                scores.append(score_functions.relative_mahalanobis(distances, second.squared_mahalanobis(chunk)[:, 0]))
+            elif score_name == "low_variance_mahalanobis":
+                scores.append(score_functions.mahalanobis(second.squared_mahalanobis(chunk)))
             else:
                 scores.append(score_functions.likelihood(log_joint))
             if want_log_joint:
@@ -554,9 +575,9 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             remaining = self.statistics_.subtract(removed)
             if float(remaining.weights.sum()) <= 0:
                 continue
-            head, background = self._heads(remaining)
+            head, second = self._heads(remaining)
             fold_scores, _ = self._evaluate(
-                X[rows], want_log_joint=False, heads=(head.to(X.dtype, X.device), background and background.to(X.dtype, X.device))
+                X[rows], want_log_joint=False, heads=(head.to(X.dtype, X.device), second and second.to(X.dtype, X.device))
             )
             values.append(fold_scores.double().cpu().numpy())
             classes.append(class_index[rows].cpu().numpy())

@@ -202,7 +202,7 @@ def test_without_shrinkage_the_background_is_the_covariance_of_all_rows(digits):
     model = OpenWorld(shrinkage=None, target_tpr=None).fit(X, y)
     Xc = X - X.mean(0)
     d0 = (Xc @ np.linalg.inv(np.cov(X.T, bias=True)) * Xc).sum(1)
-    np.testing.assert_allclose(model.background_.squared_mahalanobis(torch.from_numpy(X))[:, 0].numpy(), d0, rtol=1e-6)
+    np.testing.assert_allclose(model.score_head_.squared_mahalanobis(torch.from_numpy(X))[:, 0].numpy(), d0, rtol=1e-6)
 
 
 def test_likelihood_score_is_the_mixture_log_density(digits):
@@ -222,3 +222,26 @@ def test_string_labels_and_unknown_label_type(digits):
     int_model = OpenWorld(random_state=0, unknown_label=-1).fit(X, y)
     out = int_model.predict(np.vstack([far, X[:2]]))
     assert out.dtype.kind == "i" and out[:3].tolist() == [-1] * 3
+
+
+def test_low_variance_mahalanobis_keeps_the_least_variance_components(digits):
+    X, y = digits
+    model = OpenWorld(score="low_variance_mahalanobis", shrinkage=0.2, dropped_variance=0.6, target_tpr=None).fit(X, y)
+    means = np.stack([X[y == k].mean(0) for k in range(10)])
+    R = X - means[y]
+    pooled = R.T @ R / len(X)
+    pooled = 0.8 * pooled + 0.2 * np.trace(pooled) / X.shape[1] * np.eye(X.shape[1])
+    values, vectors = np.linalg.eigh(pooled)
+    leading = np.cumsum(values[::-1]) / values.sum()
+    kept = len(values) - int((leading <= 0.6).sum())
+    basis = vectors[:, :kept] / np.sqrt(values[:kept])
+    Z, M = X @ basis, means @ basis
+    expected = -(((Z[:, None, :] - M[None]) ** 2).sum(-1)).min(1)
+    np.testing.assert_allclose(model.score_samples(X), expected, rtol=1e-7)
+
+
+def test_low_variance_mahalanobis_dropping_nothing_is_mahalanobis(digits):
+    X, y = digits
+    full = OpenWorld(score="mahalanobis", target_tpr=None).fit(X, y)
+    low = OpenWorld(score="low_variance_mahalanobis", dropped_variance=0.0, target_tpr=None).fit(X, y)
+    np.testing.assert_allclose(low.score_samples(X), full.score_samples(X), rtol=1e-7)

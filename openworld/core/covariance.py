@@ -138,3 +138,19 @@ def background_covariance(stats: ClassStatistics, pooled: Tensor) -> tuple[Tenso
     offsets = stats.means - mean
     between = (offsets * stats.weights[:, None]).T @ offsets / W
     return mean, pooled + between
+
+
+def low_variance_basis(covariance: Tensor, dropped_variance: float) -> tuple[Tensor, Tensor]:
+    """Whitening basis (d, r) of the low-variance principal subspace, and its eigenvalues (r,).
+
+    Rippel et al. (2020) found the anomaly signal of pretrained features in the
+    principal components of *least* variance ("NPCA"): the leading components
+    that together carry ``dropped_variance`` of the total are left out (at
+    least one component is always kept).
+    """
+    eigenvalues, vectors = torch.linalg.eigh(covariance)
+    eigenvalues = torch.clamp(eigenvalues, min=torch.finfo(covariance.dtype).tiny)
+    leading_share = torch.cumsum(eigenvalues.flip(0), 0) / eigenvalues.sum()
+    n_dropped = min(int((leading_share <= dropped_variance).sum()), covariance.shape[0] - 1)
+    kept = covariance.shape[0] - n_dropped  # eigh sorts ascending: the first `kept` are the smallest
+    return vectors[:, :kept] / torch.sqrt(eigenvalues[:kept]), eigenvalues[:kept]

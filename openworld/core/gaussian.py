@@ -138,6 +138,16 @@ class GaussianHead:
             whitened = torch.einsum("ci,cij->cj", offsets, W)
         return cls(estimate.structure, center, W, whitened, (whitened**2).sum(-1), log_dets, log_priors)
 
+    @classmethod
+    def build_subspace(
+        cls, means: Tensor, basis: tuple[Tensor, Tensor], log_priors: Tensor, center: Tensor
+    ) -> GaussianHead:
+        """A tied head that measures distance only in a whitened subspace ``basis = (W (d, r), eigenvalues (r,))``."""
+        W, eigenvalues = basis
+        whitened = (means - center) @ W
+        log_det = torch.log(eigenvalues).sum().expand(means.shape[0])
+        return cls("tied", center, W, whitened, (whitened**2).sum(-1), log_det, log_priors)
+
     @property
     def n_classes(self) -> int:
         return self.whitened_means.shape[0]
@@ -177,5 +187,6 @@ class GaussianHead:
         return torch.where(torch.isfinite(self.log_priors), D, torch.full_like(D, math.inf))
 
     def log_likelihoods(self, distances: Tensor) -> Tensor:
-        """(n, C) Gaussian log densities ``−½ (D + log det Σ_k + d log 2π)`` from distances."""
-        return -0.5 * (distances + self.log_dets + self.n_features * math.log(2 * math.pi))
+        """(n, C) Gaussian log densities ``−½ (D + log det Σ_k + r log 2π)`` from distances (r = rank)."""
+        rank = self.whitened_means.shape[1]
+        return -0.5 * (distances + self.log_dets + rank * math.log(2 * math.pi))

@@ -9,6 +9,10 @@ computes anyway, so scoring adds no second pass over the classes.
   with ``D_0`` the distance to one background Gaussian fitted on every row;
   it removes the directions every class shares, which dominate ``D_k``.
 - ``likelihood``: ``log Σ_k π_k N(x; μ_k, Σ_k)``, the class-mixture density.
+- ``low_variance_mahalanobis`` (Rippel et al. 2020, "Modeling the Distribution
+  of Normal Data in Pre-Trained Deep Features for Anomaly Detection"):
+  ``−min_k D_k`` measured only along the principal components of least
+  variance of the pooled covariance, where they found the anomaly signal.
 
 ``"auto"`` is relative Mahalanobis with two classes or more and Mahalanobis
 with one, where a class compared with itself carries no signal.
@@ -19,7 +23,7 @@ from __future__ import annotations
 import torch
 
 Tensor = torch.Tensor
-SCORES = ("mahalanobis", "relative_mahalanobis", "likelihood")
+SCORES = ("mahalanobis", "relative_mahalanobis", "likelihood", "low_variance_mahalanobis")
 
 
 def resolve_score(score: str, n_classes: int) -> str:

@@ -110,6 +110,8 @@ def fit(
     target_tpr: float = typer.Option(0.95, help="Share of in-distribution rows to keep (0 < t < 1)."),
     reject: bool = typer.Option(True, help="--no-reject: never answer unknown (target_tpr=None)."),
     random_state: int = typer.Option(0, help="Seed of the cross-fitting that places the working point."),
+    contamination: float = typer.Option(0.0, help="Share of training rows assumed anomalous and trimmed (robust fit)."),
+    working_point: str = typer.Option("held_out", help="held_out (cross-fitted) | gaussian (F quantile; needs --shrinkage none)"),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """Fit an OpenWorld model and save it."""
@@ -124,6 +126,8 @@ def fit(
             priors=priors,
             target_tpr=target_tpr if reject else None,
             random_state=random_state,
+            contamination=contamination,
+            working_point=working_point,
         ).fit(X, y)
     except (ValueError, FileNotFoundError, ImportError) as error:
         _fail(str(error))
@@ -211,6 +215,17 @@ def _ood_mask(y: np.ndarray, classes: np.ndarray, ood_labels: list[str]) -> np.n
     return is_ood
 
 
+def _anomaly_labels(flags: np.ndarray, classes: np.ndarray, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and OOD mask from a 0/1 anomaly column, for a one-class model."""
+    if classes.size != 1:
+        raise ValueError(f"--anomaly-column needs a one-class model; this one has {classes.size} classes (use --ood-label)")
+    values = set(np.unique(flags).tolist())
+    if not values <= {0, 1}:
+        raise ValueError(f"--anomaly-column {column!r} must hold 0 (normal) and 1 (anomaly), found {sorted(values)[:5]!r}")
+    is_ood = flags == 1
+    return np.full(flags.shape, classes[0], dtype=classes.dtype), is_ood
+
+
 def _print_report(report) -> None:
     table = RichTable(title=f"evaluation: {report.title}", show_header=False)
     for key, value in report.summary().items():
@@ -238,6 +253,9 @@ def eval_command(
     ood_label: Optional[list[str]] = typer.Option(
         None, "--ood-label", help="Label of out-of-distribution rows (repeatable). Default: every label the model does not know."
     ),
+    anomaly_column: Optional[str] = typer.Option(
+        None, help="For a one-class model: a column with 1 for anomalies and 0 for normal rows (e.g. y)."
+    ),
     report_path: Optional[Path] = typer.Option(None, "--report", help="Write a self-contained HTML report here."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
     progress: bool = typer.Option(True, help="Show progress bars."),
@@ -249,9 +267,11 @@ def eval_command(
     for path in (report_path, json_out):
         if path is not None and not path.parent.is_dir():
             _fail(f"cannot write {path}: folder {path.parent} does not exist")
+    if anomaly_column is not None and (labels is not None or ood_label):
+        _fail("--anomaly-column replaces --labels and --ood-label: give one or the other")
     try:
         model = OpenWorld.load(model_path)
-        X, y, encoder = _features(data, vectors, text, labels, progress)
+        X, y, encoder = _features(data, vectors, text, anomaly_column or labels, progress)
     except (ValueError, FileNotFoundError, ImportError) as error:
         _fail(str(error))
     if encoder is not None and model.embedding_model_ != encoder:
@@ -259,7 +279,10 @@ def eval_command(
     if y is None:
         _fail(f"{data} has no label column (name it with --labels): evaluation needs the true labels")
     try:
-        is_ood = _ood_mask(y, model.classes_, ood_label) if ood_label else None
+        if anomaly_column is not None:
+            y, is_ood = _anomaly_labels(y, model.classes_, anomaly_column)
+        else:
+            is_ood = _ood_mask(y, model.classes_, ood_label) if ood_label else None
         report = evaluate(model, X, y, is_ood=is_ood, title=str(data))
     except ValueError as error:
         _fail(str(error))

@@ -48,6 +48,14 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
 
     Parameters follow ``DESIGN.md``'s public contract. ``random_state`` seeds
     the cross-fitting that places the default working point.
+    ``contamination`` is the share of training rows assumed to be anomalies:
+    fit trims that share of each class's farthest rows and refits, a few
+    times (the concentration steps of Rousseeuw & Van Driessen's fast MCD),
+    by subtracting their statistics. ``working_point="gaussian"`` places the
+    threshold at the quantile of the distance of a new row under the fitted
+    Gaussian (Hotelling: ``(n + 1) d / (n − d) · F(d, n − d)``), exact for one
+    class of Gaussian rows without shrinkage; the default, ``"held_out"``,
+    uses cross-fitted scores and assumes no distribution.
     ``dropped_variance`` is the share of variance carried by the leading
     principal components that ``score="low_variance_mahalanobis"`` leaves out
     (Rippel et al. 2020). An
@@ -87,6 +95,8 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         device=None,
         random_state=None,
         dropped_variance: float = 0.5,
+        contamination: float = 0.0,
+        working_point: str = "held_out",
     ):
         self.covariance = covariance
         self.shrinkage = shrinkage
@@ -99,6 +109,8 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         self.device = device
         self.random_state = random_state
         self.dropped_variance = dropped_variance
+        self.contamination = contamination
+        self.working_point = working_point
 
     # ------------------------------------------------------------------ fitting
 
@@ -119,9 +131,15 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             self.statistics_ = self._accumulate(X, class_index, weights)
             self.component_class_ = np.arange(len(self.classes_))
         self._refresh()
+        if self.contamination:
+            kept = self._trim(X, class_index, weights)
+            X, class_index = X[kept], class_index[kept]
+            weights = None if weights is None else weights[kept]
         self.threshold_ = None
         self.held_out_scores_ = None
-        if self.target_tpr is not None:
+        if self.target_tpr is not None and self.working_point == "gaussian":
+            self.threshold_ = self._gaussian_threshold()
+        elif self.target_tpr is not None:
             self.held_out_scores_ = self._cross_fitted_scores(X, class_index, weights)
             self.threshold_ = conformal_threshold(self.held_out_scores_.values, self.target_tpr)
         return self
@@ -342,6 +360,19 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         if self.score != "auto" and self.score not in score_functions.SCORES:
             score_functions.resolve_score(self.score, 2)
         validate_components(self.components)
+        if isinstance(self.contamination, bool) or not isinstance(self.contamination, (int, float)) or not (
+            0.0 <= self.contamination < 0.5
+        ):
+            raise ValueError(f"contamination must be a float in [0, 0.5), got {self.contamination!r}")
+        if self.contamination and self._is_mixture():
+            raise ValueError("contamination (robust trimming) needs components=1")
+        if self.working_point not in ("held_out", "gaussian"):
+            raise ValueError(f"working_point must be 'held_out' or 'gaussian', got {self.working_point!r}")
+        if self.working_point == "gaussian" and (self.shrinkage is not None or self.score not in ("auto", "mahalanobis")):
+            raise ValueError(
+                "working_point='gaussian' is exact only for the Mahalanobis score of one class without "
+                "shrinkage (shrinkage=None, score='mahalanobis' or 'auto'); use the held-out default otherwise"
+            )
         if isinstance(self.dropped_variance, bool) or not isinstance(self.dropped_variance, (int, float)) or not (
             0.0 <= self.dropped_variance < 1.0
         ):
@@ -518,6 +549,56 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             elif want_argmax:
                 extra.append(log_joint.argmax(1))
         return torch.cat(scores), (torch.cat(extra) if extra else None)
+
+    def _own_class_distances(self, X: Tensor, class_index: Tensor) -> Tensor:
+        """(n,) squared Mahalanobis distance of each row to its own class, chunk by chunk."""
+        head = self._heads_for(X.dtype, X.device)[0]
+        out = []
+        for start in range(0, X.shape[0], head.chunk_rows()):
+            part = slice(start, start + head.chunk_rows())
+            D = head.squared_mahalanobis(X[part])
+            out.append(D.gather(1, class_index[part, None].to(D.device))[:, 0])
+        return torch.cat(out)
+
+    def _trim(self, X: Tensor, class_index: Tensor, weights: Tensor | None, steps: int = 5) -> Tensor:
+        """Drop the ``contamination`` share of each class's farthest rows, refit, repeat; returns the kept mask.
+
+        Each step removes the trimmed rows' statistics from the full fit's, so it
+        costs one covariance build; it stops when the trimmed set stops changing.
+        """
+        everything = self.statistics_
+        labels = class_index.cpu().numpy()
+        trimmed = np.zeros(X.shape[0], dtype=bool)
+        for _ in range(steps):
+            distances = self._own_class_distances(X, class_index).double().cpu().numpy()
+            new = np.zeros_like(trimmed)
+            for k in np.unique(labels):
+                rows = np.flatnonzero(labels == k)
+                n_trim = int(np.floor(self.contamination * rows.size))
+                if n_trim and rows.size - n_trim >= 1:
+                    new[rows[np.argsort(distances[rows])[rows.size - n_trim :]]] = True
+            if np.array_equal(new, trimmed):
+                break
+            trimmed = new
+            rows = torch.as_tensor(np.flatnonzero(trimmed), device=X.device)
+            removed = ClassStatistics.from_rows(
+                X[rows], class_index[rows], len(self.classes_), None if weights is None else weights[rows]
+            )
+            self.statistics_ = everything.subtract(removed)
+            self._refresh()
+        return torch.as_tensor(~trimmed, device=X.device)
+
+    def _gaussian_threshold(self) -> float:
+        """Score threshold from the distribution of a new row's distance under the fitted Gaussian."""
+        from scipy.stats import f as f_distribution
+
+        if len(self.classes_) != 1:
+            raise ValueError("working_point='gaussian' needs a one-class model (fit(X) without labels)")
+        n, d = float(self.statistics_.weights[0]), self.n_features_in_
+        if n <= d + 1:
+            raise ValueError(f"working_point='gaussian' needs more rows than features (n={n:.0f}, d={d})")
+        quantile = (n + 1) * d / (n - d) * f_distribution.ppf(self.target_tpr, d, n - d)
+        return -float(quantile)
 
     def _fit_components(self, X: Tensor, class_index: Tensor, classes: np.ndarray) -> tuple[ClassStatistics, np.ndarray]:
         """EM per class in ``classes`` on its rows: component statistics and the class of each component."""

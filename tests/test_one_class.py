@@ -1,0 +1,142 @@
+"""One-class anomaly detection: a model of normal rows only (Rippel et al. 2020)."""
+
+import numpy as np
+import pytest
+from scipy.stats import chi2
+from sklearn.covariance import MinCovDet
+from typer.testing import CliRunner
+
+from openworld import OpenWorld
+from openworld.cli import app
+from openworld.io.tables import write_table
+
+
+def contaminated(rng, n_normal=1900, n_anomalies=100, d=6):
+    normal = rng.normal(size=(n_normal, d)) @ np.diag(np.linspace(0.5, 2.0, d))
+    anomalies = rng.normal(size=(n_anomalies, d)) + 5.0
+    return np.vstack([normal, anomalies]), np.r_[np.zeros(n_normal, bool), np.ones(n_anomalies, bool)]
+
+
+def test_trimming_recovers_the_clean_fit_like_minimum_covariance_determinant():
+    rng = np.random.default_rng(0)
+    X, is_anomaly = contaminated(rng)
+    robust = OpenWorld(contamination=0.06, shrinkage=None, target_tpr=None).fit(X)
+    naive = OpenWorld(shrinkage=None, target_tpr=None).fit(X)
+    clean_mean = X[~is_anomaly].mean(0)
+    mcd = MinCovDet(random_state=0).fit(X)
+    robust_mean = robust.statistics_.means.numpy()[0]
+    assert np.abs(robust_mean - clean_mean).max() < 0.05
+    assert np.abs(naive.statistics_.means.numpy()[0] - clean_mean).max() > 0.2
+    assert np.abs(robust_mean - mcd.location_).max() < 0.1
+    assert float(robust.statistics_.weights[0]) == len(X) - int(0.06 * len(X))
+
+
+def test_trimming_improves_detection_when_training_data_hides_anomalies():
+    rng = np.random.default_rng(1)
+    X, _ = contaminated(rng)
+    test_normal = rng.normal(size=(2000, 6)) @ np.diag(np.linspace(0.5, 2.0, 6))
+    test_anomaly = rng.normal(size=(200, 6)) + 5.0
+    from openworld.core.metrics import auroc
+
+    naive = OpenWorld(target_tpr=None).fit(X)
+    robust = OpenWorld(contamination=0.05, target_tpr=None).fit(X)
+    assert auroc(robust.score_samples(test_normal), robust.score_samples(test_anomaly)) > auroc(
+        naive.score_samples(test_normal), naive.score_samples(test_anomaly)
+    )
+
+
+@pytest.mark.parametrize("working_point", ["held_out", "gaussian"])
+def test_false_alarm_rate_on_unseen_normal_rows_matches_the_target(working_point):
+    rng = np.random.default_rng(2)
+    d, n = 10, 150  # few rows per dimension: where the chi-square quantile is wrong
+    X = rng.normal(size=(n, d))
+    fresh = rng.normal(size=(200_000, d))
+    model = OpenWorld(shrinkage=None, working_point=working_point, target_tpr=0.9, random_state=0).fit(X)
+    kept = (model.predict(fresh) == "normal").mean()
+    # One fit's threshold varies with the sample; the F (Hotelling) quantile is exact on average,
+    # the held-out one within its few-row spread.
+    assert abs(kept - 0.9) < (0.03 if working_point == "gaussian" else 0.06)
+
+
+def test_the_gaussian_working_point_is_exact_on_average_where_chi_square_is_not():
+    d, n, target = 10, 60, 0.95
+    kept_f, kept_chi2 = [], []
+    for seed in range(40):
+        rng = np.random.default_rng(100 + seed)
+        X = rng.normal(size=(n, d))
+        fresh = rng.normal(size=(5000, d))
+        model = OpenWorld(shrinkage=None, working_point="gaussian", target_tpr=target).fit(X)
+        scores = model.score_samples(fresh)
+        kept_f.append((scores >= model.threshold_).mean())
+        kept_chi2.append((scores >= -chi2.ppf(target, d)).mean())
+    assert abs(np.mean(kept_f) - target) < 0.01
+    assert np.mean(kept_chi2) < target - 0.05  # chi-square ignores the estimation error of μ and Σ
+
+
+@pytest.mark.parametrize(
+    "kwargs, fit_y, message",
+    [
+        ({"working_point": "gaussian"}, None, "exact only"),
+        ({"working_point": "gaussian", "shrinkage": None}, np.repeat([0, 1], 50), "one-class"),
+        ({"working_point": "gaussian", "shrinkage": None, "score": "likelihood"}, None, "exact only"),
+        ({"contamination": 0.7}, None, "contamination"),
+        ({"working_point": "chi2"}, None, "working_point"),
+    ],
+)
+def test_what_the_gaussian_working_point_cannot_do_is_a_clear_error(kwargs, fit_y, message):
+    X = np.random.default_rng(3).normal(size=(100, 4))
+    with pytest.raises(ValueError, match=message):
+        OpenWorld(**kwargs).fit(X, fit_y)
+
+
+def test_gaussian_working_point_needs_more_rows_than_features():
+    X = np.random.default_rng(4).normal(size=(11, 10))  # a full-rank covariance, but F(d, n − d) needs n > d + 1
+    with pytest.raises(ValueError, match="more rows than features"):
+        OpenWorld(shrinkage=None, working_point="gaussian").fit(X)
+
+
+@pytest.mark.parametrize(
+    "X",
+    [
+        np.ones((1, 5)),                                                    # one row of normal data
+        np.c_[np.random.default_rng(5).normal(size=(50, 3)), np.full((50, 2), 7.0)],  # constant columns
+        np.random.default_rng(6).normal(size=(20, 80)),                    # more columns than rows
+    ],
+)
+def test_degenerate_normal_data_gives_finite_scores_through_shrinkage(X):
+    model = OpenWorld(random_state=0).fit(X)
+    probe = np.vstack([X[:1], X[:1] + 3.0])
+    assert np.isfinite(model.score_samples(probe)).all()
+    assert set(model.predict(probe).tolist()) <= {"normal", "unknown"}
+
+
+def test_nan_in_a_column_is_a_clear_error():
+    X = np.random.default_rng(7).normal(size=(30, 4))
+    X[12, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN.*row 12"):
+        OpenWorld().fit(X)
+
+
+def test_cli_evaluates_a_one_class_model_on_an_anomaly_column(tmp_path):
+    rng = np.random.default_rng(8)
+    write_table(tmp_path / "normal.parquet", {"embedding": rng.normal(size=(800, 5))})
+    test = np.vstack([rng.normal(size=(300, 5)), rng.normal(size=(30, 5)) + 6])
+    write_table(tmp_path / "test.parquet", {"embedding": test, "y": np.r_[np.zeros(300, int), np.ones(30, int)]})
+    runner = CliRunner()
+    result = runner.invoke(app, ["fit", str(tmp_path / "normal.parquet"), "-o", str(tmp_path / "m.safetensors"),
+                                 "--contamination", "0.01"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["eval", str(tmp_path / "m.safetensors"), str(tmp_path / "test.parquet"),
+                                 "--anomaly-column", "y", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    import json
+
+    report = json.loads((tmp_path / "r.json").read_text())
+    from openworld.core.metrics import auroc
+
+    model = OpenWorld.load(tmp_path / "m.safetensors")
+    scores = model.score_samples(test)
+    assert report["auroc"] == pytest.approx(auroc(scores[:300], scores[300:]))
+    result = runner.invoke(app, ["eval", str(tmp_path / "m.safetensors"), str(tmp_path / "test.parquet"),
+                                 "--anomaly-column", "embedding"])
+    assert result.exit_code == 2

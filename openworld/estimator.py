@@ -14,6 +14,7 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from openworld.core import scores as score_functions
+from openworld.core.accumulator import LabelledStatistics, RowSample, chunked_statistics
 from openworld.core.arrays import InputKind, as_features, as_labels, as_weights, to_output
 from openworld.core.covariance import (
     CovarianceEstimate,
@@ -32,7 +33,6 @@ from openworld.io.persistence import ModelFileError, read_model_file, write_mode
 Tensor = torch.Tensor
 
 ONE_CLASS_LABEL = "normal"
-FIT_CHUNK_ROWS = 65536
 WORKING_POINT_ROWS = 20000  # held-out rows scored to place the threshold (±0.3 point at 95%)
 WORKING_POINT_FOLDS = 5
 
@@ -117,6 +117,66 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
     def fit(self, X, y=None, sample_weight=None):
         """Fit class statistics on ``X: (n, d)`` with labels ``y: (n,)`` (None = one class of normal rows)."""
         self._validate_params()
+        if self._is_mixture() or self.contamination:
+            return self._fit_from_rows(X, y, sample_weight)
+        return self.fit_batches([(X, y, sample_weight)])
+
+    def fit_batches(self, batches):
+        """Fit from an iterable of ``(X, y)`` or ``(X, y, sample_weight)`` chunks, in constant memory.
+
+        Only the statistics and a fixed-size sample of rows (for the working
+        point) are kept, so a file larger than memory can be streamed; the
+        result equals ``fit`` on the concatenated chunks. ``y`` None in every
+        chunk fits a one-class model. Mixtures and trimming need all rows at
+        once and are refused here.
+        """
+        self._validate_params()
+        if self._is_mixture() or self.contamination:
+            raise ValueError("fit_batches needs components=1 and contamination=0 (mixtures and trimming revisit rows)")
+        rng = self._rng()
+        state, sample, n_features = None, RowSample(WORKING_POINT_ROWS), None
+        for number, batch in enumerate(batches):
+            X, y, sample_weight = tuple(batch) + (None,) * (3 - len(batch))
+            try:
+                X, _ = as_features(X, n_features=n_features, name=type(self).__name__, device=self.device)
+                labels = self._labels_or_one_class(y, X.shape[0])
+                if state is not None and (labels.dtype.kind == "U") != (state.labels.dtype.kind == "U"):
+                    raise ValueError("labels change type (str / int) between chunks; use one label type throughout")
+                weights = as_weights(sample_weight, X.shape[0], X.device)
+            except ValueError as error:
+                raise ValueError(f"chunk {number}: {error}") from None
+            n_features = X.shape[1]
+            part = LabelledStatistics.from_rows(X, labels, weights)
+            state = part if state is None else state.merge(part)
+            if self._uses_held_out_working_point():
+                sample = sample.offer(X, labels, weights, rng.random(X.shape[0]))
+        if state is None:
+            raise ValueError("no chunks to fit: the iterable of batches was empty")
+        return self._fit_from_state(state.sorted(), sample)
+
+    def _uses_held_out_working_point(self) -> bool:
+        return self.target_tpr is not None and self.working_point == "held_out"
+
+    def _fit_from_state(self, state: LabelledStatistics, sample: RowSample):
+        """Finish a fit from merged statistics (sorted labels) and a row sample for the working point."""
+        self.classes_ = state.labels
+        self.n_features_in_ = state.statistics.n_features
+        self.statistics_ = state.statistics
+        self.component_class_ = np.arange(len(self.classes_))
+        self._refresh()
+        self._place_working_point(sample)
+        return self
+
+    def _place_working_point(self, sample: RowSample) -> None:
+        self.threshold_, self.held_out_scores_ = None, None
+        if self.target_tpr is not None and self.working_point == "gaussian":
+            self.threshold_ = self._gaussian_threshold()
+        elif self.target_tpr is not None:
+            self.held_out_scores_ = self._cross_fitted_scores(sample, float(self.statistics_.weights.sum()))
+            self.threshold_ = conformal_threshold(self.held_out_scores_.values, self.target_tpr)
+
+    def _fit_from_rows(self, X, y, sample_weight):
+        """The fits that revisit rows: mixtures (EM) and robust trimming."""
         X, _ = as_features(X, name=type(self).__name__, device=self.device)
         labels = self._labels_or_one_class(y, X.shape[0])
         self.classes_ = np.unique(labels)
@@ -128,20 +188,17 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
                 raise ValueError("sample_weight is not supported with components != 1 (mixtures are fitted by EM)")
             self.statistics_, self.component_class_ = self._fit_components(X, class_index, np.arange(len(self.classes_)))
         else:
-            self.statistics_ = self._accumulate(X, class_index, weights)
+            self.statistics_ = LabelledStatistics.from_rows(X, labels, weights).sorted().statistics
             self.component_class_ = np.arange(len(self.classes_))
         self._refresh()
         if self.contamination:
             kept = self._trim(X, class_index, weights)
-            X, class_index = X[kept], class_index[kept]
+            X, labels = X[kept], labels[kept.cpu().numpy()]
             weights = None if weights is None else weights[kept]
-        self.threshold_ = None
-        self.held_out_scores_ = None
-        if self.target_tpr is not None and self.working_point == "gaussian":
-            self.threshold_ = self._gaussian_threshold()
-        elif self.target_tpr is not None:
-            self.held_out_scores_ = self._cross_fitted_scores(X, class_index, weights)
-            self.threshold_ = conformal_threshold(self.held_out_scores_.values, self.target_tpr)
+        sample = RowSample(WORKING_POINT_ROWS)
+        if self._uses_held_out_working_point():
+            sample = sample.offer(X, labels, weights, self._rng().random(X.shape[0]))
+        self._place_working_point(sample)
         return self
 
     def partial_fit(self, X, y=None, sample_weight=None, classes=None):
@@ -177,8 +234,12 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         else:
             self.statistics_ = self.statistics_.merge(self._accumulate(X, class_index, weights))
         self._refresh()
-        if self.target_tpr is not None:
-            fresh = self._cross_fitted_scores(X, class_index, weights)
+        if self.target_tpr is not None and self.working_point == "gaussian":
+            self.threshold_ = self._gaussian_threshold()
+        elif self.target_tpr is not None:
+            sample = RowSample(WORKING_POINT_ROWS).offer(X, labels, weights, self._rng().random(X.shape[0]))
+            represented = float(X.shape[0]) if weights is None else float(weights.sum())
+            fresh = self._cross_fitted_scores(sample, represented)
             old = self.held_out_scores_
             self.held_out_scores_ = fresh if old is None else old.combined(fresh, WORKING_POINT_ROWS, self._rng())
             self.threshold_ = conformal_threshold(self.held_out_scores_.values, self.target_tpr)
@@ -414,16 +475,8 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         return np.random.default_rng(seed)
 
     def _accumulate(self, X: Tensor, class_index: Tensor, weights: Tensor | None) -> ClassStatistics:
-        """Statistics of all rows, a chunk at a time so float64 copies stay small."""
-        C = len(self.classes_)
-        stats = None
-        for start in range(0, X.shape[0], FIT_CHUNK_ROWS):
-            part = slice(start, start + FIT_CHUNK_ROWS)
-            chunk = ClassStatistics.from_rows(
-                X[part], class_index[part], C, None if weights is None else weights[part]
-            )
-            stats = chunk if stats is None else stats.merge(chunk)
-        return stats
+        """Statistics of rows whose classes are known, aligned with ``classes_``."""
+        return chunked_statistics(X, class_index, len(self.classes_), weights)
 
     def _is_mixture(self) -> bool:
         return self.components != 1
@@ -633,26 +686,26 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             self.statistics_ = ClassStatistics.concat([self.statistics_, stats])
             self.component_class_ = np.concatenate([self.component_class_, owners])
 
-    def _cross_fitted_scores(self, X: Tensor, class_index: Tensor, weights: Tensor | None) -> HeldOutScores:
-        """Held-out scores of up to WORKING_POINT_ROWS of these rows, each from a model without its fold.
+    def _cross_fitted_scores(self, sample: RowSample, represented: float) -> HeldOutScores:
+        """Held-out scores of the sampled rows, each from a model without its fold.
 
         The fold's statistics are subtracted from the model's, so every fold
         model is exact and costs one covariance build, not a refit.
+        ``represented`` is the weight of all the rows the sample stands for.
         """
-        rng = self._rng()
-        n = X.shape[0]
-        sample = np.sort(rng.choice(n, min(n, WORKING_POINT_ROWS), replace=False))
-        folds = np.array_split(rng.permutation(sample), min(WORKING_POINT_FOLDS, sample.size))
+        if sample.rows is None:
+            return HeldOutScores(np.empty(0), np.empty(0, dtype=np.int64), represented)
+        X, weights = sample.rows, sample.weights
+        class_index = self._class_index(sample.labels, X.device)
+        fold_of_row = sample.folds(WORKING_POINT_FOLDS)
         values, classes = [], []
         C = len(self.classes_)
-        for fold in folds:
-            rows = torch.as_tensor(np.sort(fold), device=X.device)
+        for fold in np.unique(fold_of_row):
+            rows = torch.as_tensor(np.flatnonzero(fold_of_row == fold), device=X.device)
             if self._is_mixture():
                 removed = ClassStatistics.from_responsibilities(X[rows], self._responsibilities(X[rows], class_index[rows]))
             else:
-                removed = ClassStatistics.from_rows(
-                    X[rows], class_index[rows], C, None if weights is None else weights[rows]
-                )
+                removed = ClassStatistics.from_rows(X[rows], class_index[rows], C, weights[rows])
             remaining = self.statistics_.subtract(removed)
             if float(remaining.weights.sum()) <= 0:
                 continue
@@ -662,7 +715,6 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             )
             values.append(fold_scores.double().cpu().numpy())
             classes.append(class_index[rows].cpu().numpy())
-        represented = float(weights.sum()) if weights is not None else float(n)
         if not values:
             return HeldOutScores(np.empty(0), np.empty(0, dtype=np.int64), represented)
         return HeldOutScores(np.concatenate(values), np.concatenate(classes), represented)

@@ -1,0 +1,114 @@
+"""Mergeable fitting state: statistics keyed by label, and a fixed-size sample of rows.
+
+A fit that streams chunks of a file, or that runs one task per partition of a
+Dask collection, needs state that (a) grows with classes, not rows, and
+(b) merges in any order to the same result. :class:`LabelledStatistics`
+holds the class statistics under their labels (classes appear as they are
+met); :class:`RowSample` keeps the rows with the smallest random priorities
+(bottom-k sampling, Cohen & Kaplan 2007) for placing the working point, so
+the sample of a stream equals the sample of the whole, whatever the chunking.
+
+>>> import numpy as np, torch
+>>> X = torch.randn(30, 3, dtype=torch.float64); y = np.array(["a", "b", "c"] * 10)
+>>> whole = LabelledStatistics.from_rows(X, y)
+>>> parts = LabelledStatistics.from_rows(X[:7], y[:7]).merge(LabelledStatistics.from_rows(X[7:], y[7:]))
+>>> bool(torch.allclose(whole.sorted().statistics.scatters, parts.sorted().statistics.scatters))
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from openworld.core.statistics import ClassStatistics
+
+Tensor = torch.Tensor
+CHUNK_ROWS = 65536
+
+
+def chunked_statistics(X: Tensor, class_index: Tensor, n_classes: int, sample_weight: Tensor | None) -> ClassStatistics:
+    """:meth:`ClassStatistics.from_rows` a chunk of rows at a time, so float64 copies stay small."""
+    stats = None
+    for start in range(0, X.shape[0], CHUNK_ROWS):
+        part = slice(start, start + CHUNK_ROWS)
+        chunk = ClassStatistics.from_rows(
+            X[part], class_index[part], n_classes, None if sample_weight is None else sample_weight[part]
+        )
+        stats = chunk if stats is None else stats.merge(chunk)
+    return stats
+
+
+@dataclass(frozen=True)
+class LabelledStatistics:
+    """Class statistics (C classes) with their labels (C,), in the order classes were met."""
+
+    labels: np.ndarray
+    statistics: ClassStatistics
+
+    @classmethod
+    def from_rows(cls, X: Tensor, labels: np.ndarray, sample_weight: Tensor | None = None) -> LabelledStatistics:
+        """Statistics of ``X: (n, d)`` by label."""
+        classes, index = np.unique(labels, return_inverse=True)
+        return cls(classes, chunked_statistics(X, torch.as_tensor(index, device=X.device), classes.size, sample_weight))
+
+    def merge(self, other: LabelledStatistics) -> LabelledStatistics:
+        """Both row sets' statistics; labels of ``other`` not seen yet are appended."""
+        if other.statistics.n_features != self.statistics.n_features:
+            raise ValueError(
+                f"cannot merge statistics of {other.statistics.n_features} features into {self.statistics.n_features}"
+            )
+        new = np.array([label for label in other.labels.tolist() if label not in set(self.labels.tolist())])
+        labels = np.concatenate([self.labels, new]) if new.size else self.labels
+        position = {label: i for i, label in enumerate(labels.tolist())}
+        mine = self.statistics.padded(labels.size)
+        # Place other's classes at their positions: append an empty class and point the rest at it.
+        theirs = other.statistics.to(mine.device).padded(other.labels.size + 1)
+        source = np.full(labels.size, other.labels.size)
+        for j, label in enumerate(other.labels.tolist()):
+            source[position[label]] = j
+        return LabelledStatistics(labels, mine.merge(theirs.select(source.tolist())))
+
+    def sorted(self) -> LabelledStatistics:
+        """Classes in sorted label order (the order of ``classes_``)."""
+        order = np.argsort(self.labels, kind="stable")
+        return LabelledStatistics(self.labels[order], self.statistics.select(order.tolist()))
+
+
+@dataclass(frozen=True)
+class RowSample:
+    """Up to ``capacity`` rows (m, d) with labels, weights and their priorities (m,): the smallest seen."""
+
+    capacity: int
+    rows: Tensor | None = None
+    labels: np.ndarray | None = None
+    weights: Tensor | None = None
+    priorities: np.ndarray | None = None
+
+    def offer(self, X: Tensor, labels: np.ndarray, weights: Tensor | None, priorities: np.ndarray) -> RowSample:
+        """This sample and the rows of a new chunk, keeping the ``capacity`` smallest priorities."""
+        w = torch.ones(X.shape[0], dtype=torch.float64, device=X.device) if weights is None else weights
+        keep = np.argsort(priorities, kind="stable")[: self.capacity]
+        index = torch.as_tensor(keep, device=X.device)
+        chunk = RowSample(self.capacity, X[index], labels[keep], w[index], priorities[keep])
+        return chunk if self.rows is None else self.merge(chunk)
+
+    def merge(self, other: RowSample) -> RowSample:
+        if other.rows is None:
+            return self
+        if self.rows is None:
+            return other
+        rows = torch.cat([self.rows, other.rows.to(self.rows.device, self.rows.dtype)])
+        labels = np.concatenate([self.labels, other.labels])
+        weights = torch.cat([self.weights, other.weights.to(self.weights.device)])
+        priorities = np.concatenate([self.priorities, other.priorities])
+        keep = np.argsort(priorities, kind="stable")[: self.capacity]
+        index = torch.as_tensor(keep, device=rows.device)
+        return RowSample(self.capacity, rows[index], labels[keep], weights[index], priorities[keep])
+
+    def folds(self, n_folds: int) -> np.ndarray:
+        """Fold of each sampled row (m,): by rank of priority, so the split is fixed by the priorities."""
+        rank = np.argsort(np.argsort(self.priorities, kind="stable"), kind="stable")
+        return rank % max(1, min(n_folds, rank.size))

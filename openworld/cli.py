@@ -49,6 +49,35 @@ def _features(path: Path, vectors: Optional[str], text: Optional[str], labels: O
     return embed_texts(table.texts, encoder=encoder, progress=progress), table.labels, encoder.name
 
 
+def _vector_batches(path: Path, vectors: Optional[str], labels: Optional[str]):
+    """Chunks of (X, y) streamed from a .npy or Parquet file of vectors; None when it must be read whole."""
+    from openworld.io.tables import iter_vector_batches
+
+    if path.suffix.lower() not in (".npy", ".parquet"):
+        return None
+    try:
+        batches = iter_vector_batches(path, vector_column=vectors, label_column=labels)
+    except ValueError as error:
+        if "text" in str(error).lower() or "no vector" in str(error).lower():
+            return None  # a text table: embedded whole
+        raise
+    return ((table.vectors, table.labels) for table in batches)
+
+
+def _with_progress(batches, progress: bool):
+    """Pass chunks through, counting rows on a progress line."""
+    if not progress:
+        yield from batches
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    with Progress(SpinnerColumn(), TextColumn("fitting: {task.completed:,} rows"), console=console) as bar:
+        task = bar.add_task("fit", total=None)
+        for X, y in batches:
+            yield X, y
+            bar.advance(task, X.shape[0])
+
+
 def _print_summary(title: str, rows: dict) -> None:
     table = RichTable(title=title, show_header=False)
     for key, value in rows.items():
@@ -114,11 +143,14 @@ def fit(
     working_point: str = typer.Option("held_out", help="held_out (cross-fitted) | gaussian (F quantile; needs --shrinkage none)"),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
-    """Fit an OpenWorld model and save it."""
+    """Fit an OpenWorld model and save it.
+
+    Vectors in .npy or Parquet files are streamed in chunks (constant memory,
+    files larger than memory are fine); other inputs are read whole.
+    """
     from openworld.estimator import OpenWorld
 
     try:
-        X, y, encoder = _features(data, vectors, text, labels, progress)
         model = OpenWorld(
             covariance=covariance,
             shrinkage=_parse_shrinkage(shrinkage),
@@ -128,7 +160,14 @@ def fit(
             random_state=random_state,
             contamination=contamination,
             working_point=working_point,
-        ).fit(X, y)
+        )
+        batches = _vector_batches(data, vectors, labels) if text is None and not contamination else None
+        if batches is not None:
+            encoder = None
+            model.fit_batches(_with_progress(batches, progress))
+        else:
+            X, y, encoder = _features(data, vectors, text, labels, progress)
+            model.fit(X, y)
     except (ValueError, FileNotFoundError, ImportError) as error:
         _fail(str(error))
     model.embedding_model_ = encoder
@@ -136,8 +175,8 @@ def fit(
     _print_summary(
         f"fitted {output}",
         {
-            "rows": X.shape[0],
-            "features": X.shape[1],
+            "rows": int(round(float(model.statistics_.weights.sum()))),
+            "features": model.n_features_in_,
             "classes": len(model.classes_),
             "covariance": covariance,
             "score": model.score_,

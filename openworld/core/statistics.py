@@ -85,37 +85,39 @@ class ClassStatistics:
 
         Two passes per class (mean, then centered products) keep the scatter
         accurate; rows are grouped by one sort, so the cost is one pass of
-        d×d products over all rows whatever C is.
+        d×d products over all rows whatever C is. float64 input is computed in
+        float64; other input computes the centered products in float32 (its own
+        precision, and twice the speed) and sums them in float64.
         """
-        X = X.to(STAT_DTYPE)
+        compute = torch.float64 if X.dtype == torch.float64 else torch.float32
         n, d = X.shape
-        w = (
-            torch.ones(n, dtype=STAT_DTYPE, device=X.device)
-            if sample_weight is None
-            else sample_weight.to(device=X.device, dtype=STAT_DTYPE)
-        )
         class_index = class_index.to(X.device)
         stats = cls.zeros(n_classes, d, device=X.device)
         order = torch.argsort(class_index, stable=True)
+        grouped = X[order].to(compute)
+        weights = None if sample_weight is None else sample_weight.to(device=X.device, dtype=STAT_DTYPE)[order]
         counts = torch.bincount(class_index, minlength=n_classes).tolist()
         start = 0
         for k, count in enumerate(counts):
             if count == 0:
                 continue
-            rows = order[start : start + count]
+            Xk = grouped[start : start + count]
+            wk = None if weights is None else weights[start : start + count]
             start += count
-            Xk, wk = X[rows], w[rows]
-            total = wk.sum()
+            total = torch.tensor(float(count), dtype=STAT_DTYPE, device=X.device) if wk is None else wk.sum()
             if total <= 0:
                 continue
-            mean = (wk @ Xk) / total
-            R = Xk - mean
-            sq = (R * R).sum(dim=1)
+            column_sums = Xk.sum(0, dtype=STAT_DTYPE) if wk is None else wk @ Xk.to(STAT_DTYPE)
+            mean = column_sums / total
+            R = Xk - mean.to(compute)
+            weighted = R if wk is None else R * wk.to(compute)[:, None]
+            sq = torch.linalg.vector_norm(R, dim=1).to(STAT_DTYPE) ** 2
+            wsq = sq if wk is None else wk * sq
             stats.weights[k] = total
             stats.means[k] = mean
-            stats.scatters[k] = (R * wk[:, None]).T @ R
-            stats.third_moments[k] = (wk * sq) @ R
-            stats.fourth_moments[k] = (wk * sq * sq).sum()
+            stats.scatters[k] = (weighted.T @ R).to(STAT_DTYPE)
+            stats.third_moments[k] = (wsq.to(compute) @ R).to(STAT_DTYPE)
+            stats.fourth_moments[k] = (wsq * sq).sum()
         return stats
 
     @classmethod

@@ -161,7 +161,7 @@ def iter_vector_batches(
             raise ValueError(f"{path}: a .npy file holds one unnamed array of vectors, so it has no column {name!r}")
         array = _load_npy(path, mmap=True)
         _check_vectors(path, array, "the array")
-        return _npy_batches(array, batch_rows)
+        return _npy_batches(path, array, batch_rows)
     if suffix == ".parquet":
         with _parquet_file(path) as parquet:
             if parquet.metadata.num_rows == 0:
@@ -287,10 +287,23 @@ def _as_float(array: np.ndarray) -> np.ndarray:
     return array.astype(np.float32 if array.dtype == np.float16 else np.float64)
 
 
-def _npy_batches(array: np.ndarray, batch_rows: int) -> Iterator[Table]:
-    for start in range(0, len(array), batch_rows):
-        # np.array copies the slice out of the memory map: only this batch is resident.
-        yield Table(vectors=_as_float(np.array(array[start : start + batch_rows])))
+def _npy_batches(path: Path, array: np.ndarray, batch_rows: int) -> Iterator[Table]:
+    """Rows of a C-ordered .npy read with plain file reads.
+
+    Pages of a memory map that were touched stay in the process's resident
+    set, so streaming through one grows with the file; reads do not.
+    """
+    if array.dtype.hasobject or np.isfortran(array) or array.ndim != 2:
+        for start in range(0, len(array), batch_rows):
+            yield Table(vectors=_as_float(np.array(array[start : start + batch_rows])))
+        return
+    n_rows, d = array.shape
+    with open(path, "rb") as handle:
+        handle.seek(array.offset)
+        for start in range(0, n_rows, batch_rows):
+            rows = min(batch_rows, n_rows - start)
+            chunk = np.fromfile(handle, dtype=array.dtype, count=rows * d).reshape(rows, d)
+            yield Table(vectors=_as_float(chunk))
 
 
 def _read_npz(path: Path, vector_column: str | None, text_column: str | None, label_column: str | None) -> Table:

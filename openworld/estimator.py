@@ -312,19 +312,19 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
     def decision_function(self, X):
         """(n, C) log joint densities ``log π_k + log N(x; μ_k, Σ_k)``; argmax is the class."""
         X, kind = self._features(X)
-        _, log_joint = self._evaluate(X, want_log_joint=True)
+        _, log_joint = self._evaluate(X, want_log_joint=True, want_scores=False)
         return to_output(log_joint, kind)
 
     def predict_proba(self, X):
         """(n, C) posteriors over the known classes, columns in ``classes_`` order."""
         X, kind = self._features(X)
-        _, log_joint = self._evaluate(X, want_log_joint=True)
+        _, log_joint = self._evaluate(X, want_log_joint=True, want_scores=False)
         return to_output(torch.softmax(log_joint, dim=1), kind)
 
     def predict_log_proba(self, X):
         """(n, C) log posteriors (stable log-sum-exp)."""
         X, kind = self._features(X)
-        _, log_joint = self._evaluate(X, want_log_joint=True)
+        _, log_joint = self._evaluate(X, want_log_joint=True, want_scores=False)
         return to_output(torch.log_softmax(log_joint, dim=1), kind)
 
     def score_samples(self, X):
@@ -578,10 +578,22 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             self._device_heads[key] = cached
         return cached
 
-    def _evaluate(self, X: Tensor, *, want_log_joint: bool, want_argmax: bool = False, heads=None):
-        """OOD scores (n,) and either log joints (n, C), argmax classes (n,) or None, chunk by chunk."""
+    def _score_chunk(self, X: Tensor, distances: Tensor, log_joint: Tensor, second: GaussianHead | None) -> Tensor:
+        """(n,) OOD scores of a chunk from its distances (n, M) and log joints (n, C)."""
+        if self.score_ == "mahalanobis":
+            return score_functions.mahalanobis(distances)
+        if self.score_ == "relative_mahalanobis":
+            return score_functions.relative_mahalanobis(distances, second.squared_mahalanobis(X)[:, 0])
+        if self.score_ == "low_variance_mahalanobis":
+            return score_functions.mahalanobis(second.squared_mahalanobis(X))
+        return score_functions.likelihood(log_joint)
+
+    def _evaluate(self, X: Tensor, *, want_log_joint: bool, want_argmax: bool = False, want_scores: bool = True, heads=None):
+        """OOD scores (n,) (None unless wanted) and either log joints (n, C), argmax classes (n,) or None.
+
+        Chunk by chunk, so n × C never has to fit in memory at once beyond the output.
+        """
         head, second = heads if heads is not None else self._heads_for(X.dtype, X.device)
-        score_name = self.score_
         scores, extra = [], []
         for start in range(0, X.shape[0], head.chunk_rows()):
             chunk = X[start : start + head.chunk_rows()]
@@ -589,19 +601,13 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             log_joint = head.log_likelihoods(distances) + head.log_priors
             if self._is_mixture():
                 log_joint = segment_logsumexp(log_joint, torch.as_tensor(self.component_class_), len(self.classes_))
-            if score_name == "mahalanobis":
-                scores.append(score_functions.mahalanobis(distances))
-            elif score_name == "relative_mahalanobis":
-                scores.append(score_functions.relative_mahalanobis(distances, second.squared_mahalanobis(chunk)[:, 0]))
-            elif score_name == "low_variance_mahalanobis":
-                scores.append(score_functions.mahalanobis(second.squared_mahalanobis(chunk)))
-            else:
-                scores.append(score_functions.likelihood(log_joint))
+            if want_scores:
+                scores.append(self._score_chunk(chunk, distances, log_joint, second))
             if want_log_joint:
                 extra.append(log_joint)
             elif want_argmax:
                 extra.append(log_joint.argmax(1))
-        return torch.cat(scores), (torch.cat(extra) if extra else None)
+        return (torch.cat(scores) if scores else None), (torch.cat(extra) if extra else None)
 
     def _own_class_distances(self, X: Tensor, class_index: Tensor) -> Tensor:
         """(n,) squared Mahalanobis distance of each row to its own class, chunk by chunk."""

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import os
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from openworld.datasets import DATA_ENV, data_folders
 
 __all__ = ["SPLITS", "VARIANTS", "OOS_LABEL", "load_clinc150"]
 
@@ -25,20 +26,9 @@ VARIANTS = ("full", "imbalanced", "small", "oos_plus")
 #: Label of every out-of-scope query.
 OOS_LABEL = "oos"
 
-_ENV_ROOT = "OPENWORLD_DATA"
-_DEFAULT_ROOT = Path("..") / "shared" / "data" / "clinc150"
-
-
-def _default_root() -> Path:
-    env = os.environ.get(_ENV_ROOT)
-    return Path(env) if env else _DEFAULT_ROOT
-
-
 def _read_external(variant: str, root: str | os.PathLike | None) -> Any:
-    base = Path(root) if root is not None else _default_root()
     name = f"data_{variant}.json"
-    # Accept either the folder holding the JSON files or a data root with a clinc150/ subfolder.
-    candidates = [base / name, base / "clinc150" / name]
+    candidates = [folder / name for folder in data_folders("clinc150", root)]
     for path in candidates:
         if path.is_file():
             with open(path, encoding="utf-8") as fh:
@@ -47,7 +37,7 @@ def _read_external(variant: str, root: str | os.PathLike | None) -> Any:
     raise FileNotFoundError(
         f"CLINC150 variant {variant!r} is not bundled with openworld and {name} was not found "
         f"(looked for: {tried}). Download it from https://github.com/clinc/oos-eval (folder data/) "
-        f"and pass root=<that folder>, or set the environment variable {_ENV_ROOT}."
+        f"and pass root=<that folder>, or set the environment variable {DATA_ENV}."
     )
 
 

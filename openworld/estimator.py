@@ -318,14 +318,12 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X):
         """(n, C) posteriors over the known classes, columns in ``classes_`` order."""
         X, kind = self._features(X)
-        _, log_joint = self._evaluate(X, want_log_joint=True, want_scores=False)
-        return to_output(torch.softmax(log_joint, dim=1), kind)
+        return to_output(torch.softmax(self._posterior_logits(X), dim=1), kind)
 
     def predict_log_proba(self, X):
         """(n, C) log posteriors (stable log-sum-exp)."""
         X, kind = self._features(X)
-        _, log_joint = self._evaluate(X, want_log_joint=True, want_scores=False)
-        return to_output(torch.log_softmax(log_joint, dim=1), kind)
+        return to_output(torch.log_softmax(self._posterior_logits(X), dim=1), kind)
 
     def score_samples(self, X):
         """(n,) OOD score of ``self.score``; higher = more in-distribution."""
@@ -577,6 +575,24 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             )
             self._device_heads[key] = cached
         return cached
+
+    def _posterior_logits(self, X: Tensor) -> Tensor:
+        """(n, C) log joints up to a per-row constant: all that posteriors need.
+
+        A tied covariance makes them linear in x (one n×d×C product); other
+        structures go through the distances.
+        """
+        head, _ = self._heads_for(X.dtype, X.device)
+        if head.structure != "tied":
+            return self._evaluate(X, want_log_joint=True, want_scores=False)[1]
+        linear = head.tied_linear
+        out = []
+        for start in range(0, X.shape[0], head.chunk_rows()):
+            logits = head.tied_logits(X[start : start + head.chunk_rows()], linear)
+            if self._is_mixture():
+                logits = segment_logsumexp(logits, torch.as_tensor(self.component_class_), len(self.classes_))
+            out.append(logits)
+        return torch.cat(out)
 
     def _score_chunk(self, X: Tensor, distances: Tensor, log_joint: Tensor, second: GaussianHead | None) -> Tensor:
         """(n,) OOD scores of a chunk from its distances (n, M) and log joints (n, C)."""

@@ -101,6 +101,19 @@ class GaussianHead:
     log_dets: Tensor
     log_priors: Tensor
 
+    @property
+    def tied_linear(self) -> Tensor:
+        """(d, C) ``W m_kᵀ``: for a tied covariance, ``z·m_k = (x − c) · (W m_k)``, linear in x."""
+        return self.whitener @ self.whitened_means.T
+
+    def tied_logits(self, X: Tensor, linear: Tensor) -> Tensor:
+        """(n, C) log joints of a tied head up to a term shared by every class (−½‖z‖² and constants).
+
+        Posteriors need only these: one (n×d×C) product instead of the (n×d×d)
+        whitening, as in linear discriminant analysis.
+        """
+        return (X - self.center) @ linear - 0.5 * self.mean_norms + self.log_priors
+
     @classmethod
     def build(
         cls,

@@ -9,7 +9,7 @@ $(BIN)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	# torch first: 2.13.0 is the CPU wheel on this machine's disk; a range would pull a CUDA build.
 	$(BIN)/pip install --disable-pip-version-check -q torch==2.13.0
-	$(BIN)/pip install --disable-pip-version-check -q -c requirements.lock -e ".[text,knn,test]"
+	$(BIN)/pip install --disable-pip-version-check -q -c requirements.lock -e ".[text,knn,distributed,test]"
 	touch $@
 
 install: $(BIN)/.installed
@@ -22,3 +22,36 @@ test: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# ---------------------------------------------------------------------------------------------
+# Detection-quality benchmark: regenerates docs/benchmarks.md (see benchmarks/quality.py).
+# pytorch-ood runs in its own environment, ./bench-env (torch 2.14.1, which .venv does not use).
+BENCH_ENV  := bench-env
+BENCH_WORK := .cache/bench
+
+.PHONY: bench-env bench-quality
+
+$(BENCH_ENV)/.installed:
+	$(PYTHON) -m venv $(BENCH_ENV)
+	$(BENCH_ENV)/bin/pip install --disable-pip-version-check -q torch==2.14.1 torchvision==0.29.1
+	$(BENCH_ENV)/bin/pip install --disable-pip-version-check -q pytorch-ood==0.4.0 numpy==2.4.6 scipy==1.17.1 scikit-learn==1.9.1
+	touch $@
+
+bench-env: $(BENCH_ENV)/.installed
+
+bench-quality: install bench-env
+	$(BIN)/python -m benchmarks.quality prepare --work $(BENCH_WORK)
+	$(BENCH_ENV)/bin/python -m benchmarks.peers_pytorch_ood --work $(BENCH_WORK)
+	$(BIN)/python -m benchmarks.quality report --work $(BENCH_WORK) --out docs/benchmarks.md
+
+# ---------------------------------------------------------------------------------------------
+# One-class anomaly detection (issue 6): regenerates docs/anomaly.md from ../shared/data/adbench
+# (or $OPENWORLD_DATA) against PyOD and scikit-learn (see benchmarks/anomaly.py; ~10 min, 2-core CPU).
+.PHONY: bench-anomaly
+
+$(BIN)/.bench-installed: $(BIN)/.installed
+	$(BIN)/pip install --disable-pip-version-check -q -c requirements.lock -e ".[bench]"
+	touch $@
+
+bench-anomaly: $(BIN)/.bench-installed
+	$(BIN)/python benchmarks/anomaly.py --out docs/anomaly.md

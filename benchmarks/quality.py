@@ -72,7 +72,7 @@ COVARIANCES = ("tied", "full", "diag")
 #: Scores whose OOD score ignores ``covariance`` (it only changes their accuracy): run with one structure.
 SCORE_COVARIANCES = {"low_variance_mahalanobis": ("tied",)}  # whitens with the pooled covariance whatever the structure
 #: Hyper-parameters of openworld scores, chosen on validation like every other.
-SCORE_GRIDS = {"low_variance_mahalanobis": {"dropped_variance": (0.25, 0.5, 0.75, 0.9)}}
+SCORE_GRIDS = {"low_variance_mahalanobis": {"dropped_variance": (0.1, 0.25, 0.5, 0.75, 0.9)}}
 LR_C_GRID = (1.0, 10.0, 100.0)
 KNN_K_GRID = (1, 5, 10, 20, 50, 100, 200)
 VIM_DIM_SHARES = (0.125, 0.25, 0.5, 0.75)  # principal-subspace dimension D as a share of d (ViM's "auto" = 0.5 below 768)
@@ -119,13 +119,18 @@ def _stage_arrays(fit_X, fit_labels, in_X, in_labels, out_X, prefix: str, fit_pr
     }
 
 
+EMBED_SECONDS: dict[str, float] = {}  # wall seconds of each embedding call (near 0 when cached)
+
+
 def _embed_all(texts_by_key: dict[str, list[str]], clock: Clock, what: str) -> dict[str, np.ndarray]:
     """Embed the union of all texts once (cached), then index each list into it."""
     from openworld.encoders.text import embed_texts
 
     vocabulary = sorted({t for texts in texts_by_key.values() for t in texts})
     clock.log(f"embedding {what}: {len(vocabulary):,} distinct texts (cached after the first run)")
+    start = time.perf_counter()
     vectors = embed_texts(vocabulary)
+    EMBED_SECONDS[what] = time.perf_counter() - start
     position = {t: i for i, t in enumerate(vocabulary)}
     return {key: vectors[[position[t] for t in texts]] for key, texts in texts_by_key.items()}
 
@@ -394,7 +399,10 @@ def run_baselines(task, writer: ScoreWriter, heads_by_stage: dict) -> None:
 def run_sklearn(task, writer: ScoreWriter) -> None:
     import warnings
 
-    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis, QuadraticDiscriminantAnalysis
+    from sklearn.discriminant_analysis import (
+        LinearDiscriminantAnalysis,
+        QuadraticDiscriminantAnalysis,
+    )
 
     def proba(m, Z):
         return np.asarray(m.predict_proba(Z), float)
@@ -448,7 +456,7 @@ def prepare(work: Path, only: set[str] | None = None) -> None:
     from openworld.encoders.text import TextEncoder
 
     clock = Clock()
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     for stale in (work / "scores").glob("*/*") if (work / "scores").is_dir() else []:
         stale.unlink()
     (work / "manifest.json").unlink(missing_ok=True)
@@ -499,6 +507,7 @@ def prepare(work: Path, only: set[str] | None = None) -> None:
             update_manifest(work, tasks=names)
             clock.log(f"{name}: done in {time.perf_counter() - task_start:.0f} s")
     update_manifest(work, steps={"prepare": {"seconds": time.perf_counter() - clock.start, "load": os.getloadavg()[1],
+                                             "embed_seconds": sum(EMBED_SECONDS.values()) if EMBED_SECONDS else None,
                                              "command": " ".join([os.path.relpath(sys.executable), "-m", "benchmarks.quality", *sys.argv[1:]])}})
     clock.log(f"step 1 done: {len(names)} tasks in {work}")
 
@@ -605,20 +614,42 @@ def compress_settings(settings: list[dict]) -> str:
     return ", ".join(parts)
 
 
+#: (openworld side, pytorch-ood side) computing the same score.
+CROSS_CHECKS = [
+    ((FAMILY_OPENWORLD, "mahalanobis · tied"), (FAMILY_PYTORCH_OOD, "Mahalanobis")),
+    ((FAMILY_OPENWORLD, "relative_mahalanobis · tied"), (FAMILY_PYTORCH_OOD, "RMD")),
+    ((FAMILY_OPENWORLD, "likelihood · full"), (FAMILY_PYTORCH_OOD, "GMM")),
+    ((FAMILY_BASELINES, "CosineKNN"), (FAMILY_PYTORCH_OOD, "KNN")),
+    ((FAMILY_BASELINES, "ViM"), (FAMILY_PYTORCH_OOD, "ViM")),
+    ((FAMILY_BASELINES, "MaxSoftmax"), (FAMILY_PYTORCH_OOD, "MaxSoftmax")),
+    ((FAMILY_BASELINES, "Energy"), (FAMILY_PYTORCH_OOD, "EnergyBased")),
+    ((FAMILY_BASELINES, "MaxLogit"), (FAMILY_PYTORCH_OOD, "MaxLogit")),
+]
+DEFAULT_METHOD = "OpenWorld() default"  # same scores as relative_mahalanobis · tied: shown, never "chosen"
+
+
+def selectable(key: tuple) -> bool:
+    return key[1] != DEFAULT_METHOD
+
+
 def select_per_seed(per_task: list[dict], family: str | None, exclude_family: str | None = None) -> dict:
     """Per seed, the method (of ``family``) with the best validation AUROC; mean of their test figures."""
     picks = []
     for results in per_task:
-        pool = {k: v for k, v in results.items()
-                if (family is None or k[0] == family) and (exclude_family is None or k[0] != exclude_family)}
+        pool = {k: v for k, v in results.items() if selectable(k)
+                and (family is None or k[0] == family) and (exclude_family is None or k[0] != exclude_family)}
         if not pool:
             return {}
         key = max(sorted(pool), key=lambda k: pool[k]["val_auroc"])
         picks.append((key, pool[key]))
     out = {field: float(np.mean([p[field] for _, p in picks])) for field in NUMERIC
            if all(field in p for _, p in picks)}
-    names = [f"{k[1]} ({p['setting']})" if p["setting"] else k[1] for k, p in picks]
-    out["name"] = names[0] if len(set(names)) == 1 else " / ".join(names)
+    methods = [k[1] for k, _ in picks]
+    if len(set(methods)) == 1:
+        setting = compress_settings([p["setting_dict"] for _, p in picks])
+        out["name"] = f"{methods[0]} ({setting})" if setting else methods[0]
+    else:
+        out["name"] = " / ".join(methods) + " (per seed)"
     out["family"] = sorted({k[0] for k, _ in picks})
     return out
 
@@ -640,7 +671,8 @@ def method_order(key: tuple) -> tuple:
     return (families.index(key[0]) if key[0] in families else 99,)
 
 
-def render(work: Path, out: Path) -> str:
+def render(work: Path, out: Path, argv: list[str] | None = None) -> str:
+    report_start = time.perf_counter()
     manifest = read_manifest(work)
     scores = load_scores(work)
     tasks = {name: load_task(work, name) for name in manifest["tasks"]}
@@ -656,9 +688,10 @@ def render(work: Path, out: Path) -> str:
             errors.extend(errs)
         per_group.setdefault(task.meta["group"], []).append(merged)
 
-    finished = dt.datetime.now(dt.timezone.utc)
-    started = dt.datetime.fromisoformat(manifest["started"])
-    total_s = (finished - started).total_seconds()
+    finished = dt.datetime.now(dt.UTC)
+    # The steps' own durations plus this one's so far (not wall time since step 1 began: a report
+    # regenerated later would count the wait).
+    total_s = sum(v["seconds"] for v in manifest.get("steps", {}).values()) + (time.perf_counter() - report_start)
     lines: list[str] = []
     w = lines.append
     w("# Benchmarks: out-of-distribution detection quality")
@@ -669,10 +702,13 @@ def render(work: Path, out: Path) -> str:
       "environment, on the `.npz` files step 1 wrote). Hyper-parameters (and, for the *selected* rows, the "
       "configuration itself) are chosen by **validation AUROC only**; test splits are only reported.")
     w("")
+    embed_s = manifest.get("steps", {}).get("prepare", {}).get("embed_seconds")
     w(f"- Date: {finished.strftime('%Y-%m-%d %H:%M UTC')}; total run time {total_s / 60:.1f} min "
-      + "(" + ", ".join(f"{k} {v['seconds'] / 60:.1f} min" for k, v in manifest.get("steps", {}).items()) + ")")
+      + "(" + ", ".join(f"{k} {v['seconds'] / 60:.1f} min" for k, v in manifest.get("steps", {}).items()) + ")"
+      + (f"; text embedding took {embed_s:.0f} s of it ({'from the cache' if embed_s < 30 else 'not cached yet'})"
+         if embed_s is not None else ""))
     w("- Command: `make bench-quality`, i.e. " + "; ".join(f"`{v['command']}`" for v in manifest.get("steps", {}).values())
-      + "; `python -m benchmarks.quality report`")
+      + f"; `{' '.join([os.path.relpath(sys.executable), '-m', 'benchmarks.quality', *(argv or ['report'])])}`")
     venv, peers = manifest["venv"], manifest.get("bench_env", {})
     w(f"- Text encoder: `{manifest['encoder']}` (openworld's bundled MiniLM, 384-d, unit norm); MNIST-5k: "
       f"`openworld.encoders.image.SmallCNN` (64-d penultimate layer) trained {manifest['settings']['cnn_epochs']} "
@@ -700,10 +736,10 @@ def render(work: Path, out: Path) -> str:
     w("")
     w("Per dataset, the configuration each family would pick **on validation** (open-set rows and MNIST-5k: "
       "picked per seed, mean of 3 seeds), and its test figures. The last column is the best *test* AUROC of any "
-      "row, for reference only: picking it would be tuning on test.")
+      "row, for reference only: picking it would be tuning on test. Δ AUROC = openworld − best peer.")
     w("")
-    w("| dataset | openworld, chosen on val | AUROC | FPR@95 | acc. | best peer, chosen on val | AUROC | FPR@95 | acc. | best test AUROC of any row |")
-    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    w("| dataset | openworld, chosen on val | AUROC | FPR@95 | acc. | best peer, chosen on val | AUROC | FPR@95 | acc. | Δ AUROC | best test AUROC of any row |")
+    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     headline = {}
     for group, per_task in per_group.items():
         ow = select_per_seed(per_task, FAMILY_OPENWORLD)
@@ -714,7 +750,7 @@ def render(work: Path, out: Path) -> str:
         w(f"| {GROUPS[group][0]} | {ow.get('name', '–')} | **{_f(ow.get('auroc'))}** | {_f(ow.get('fpr95'))} | "
           f"{_f(ow.get('accuracy'))} | {peer.get('name', '–')} [{', '.join(peer.get('family', []))}] | "
           f"{_f(peer.get('auroc'))} | {_f(peer.get('fpr95'))} | {_f(peer.get('accuracy'))} | "
-          f"{_f(agg[best_key]['auroc'])} ({best_key[1]}, {best_key[0]}) |")
+          f"{ow['auroc'] - peer['auroc']:+.3f} | {_f(agg[best_key]['auroc'])} ({best_key[1]}, {best_key[0]}) |")
     w("")
 
     # ------------------------------------------------------------------ targets
@@ -752,21 +788,23 @@ def render(work: Path, out: Path) -> str:
     w("AUROC, AUPR-in/out and FPR@95 take in-distribution as the positive class (openworld's convention). "
       "Accuracy (closed set, on the ID test rows) and top-label ECE (15 bins) where the method classifies. "
       "*setting* is the hyper-parameter value chosen on validation (open-set / MNIST: per seed). *val* is the "
-      "validation AUROC that chose it. **Bold**: the row each family would pick on validation.")
+      "validation AUROC that chose it. **Bold**: each family's best mean validation AUROC (multi-seed groups pick "
+      f"per seed, see the headline). `{DEFAULT_METHOD}` has the scores of `relative_mahalanobis · tied` (its "
+      "defaults) and is never the pick.")
     w("")
     for group, per_task in per_group.items():
         title, protocol = GROUPS[group]
         sizes = next(t.meta["sizes"] for t in tasks.values() if t.meta["group"] == group)
         w(f"### {title}")
         w("")
-        w(f"{protocol}. Seed-0 sizes: fit {sizes.get('fit_X', 0):,}, test {sizes.get('test_in_X', 0):,} ID + "
+        w(f"{protocol}. {'Seed-0 sizes' if len(per_task) > 1 else 'Sizes'}: fit {sizes.get('fit_X', 0):,}, test {sizes.get('test_in_X', 0):,} ID + "
           f"{sizes.get('test_out_X', 0):,} OOD, validation {sizes.get('val_in_X', 0):,} ID + {sizes.get('val_out_X', 0):,} OOD"
           + (f" (fit on {sizes['vfit_X']:,})" if "vfit_X" in sizes else "") + ".")
         w("")
         agg = headline[group][2]
         picked = {}
         for family in (FAMILY_OPENWORLD, FAMILY_BASELINES, FAMILY_SKLEARN, FAMILY_PYTORCH_OOD):
-            pool = {k: v for k, v in agg.items() if k[0] == family}
+            pool = {k: v for k, v in agg.items() if k[0] == family and selectable(k)}
             if pool:
                 picked[family] = max(sorted(pool), key=lambda k: pool[k]["val_auroc"])
         seeds = len(per_task) > 1
@@ -787,6 +825,25 @@ def render(work: Path, out: Path) -> str:
             w(f"Working point of `{key[1]}` (target_tpr=0.95, cross-fitted threshold): ID kept {_f(point['kept'])}, "
               f"OOD recall {_f(point['ood_recall'])}, OOD precision {_f(point['ood_precision'])}.")
             w("")
+
+    # ------------------------------------------------------------------ cross-checks
+    w("## Cross-checks: the same detector in two libraries")
+    w("")
+    w("Pairs that compute the same score (up to shrinkage or a ridge) should agree; the largest AUROC gap over the "
+      "datasets above tells whether the harness feeds both sides the same data. Scoring times (test rows, CLINC150 "
+      "full) compare the implementations.")
+    w("")
+    w("| openworld side | pytorch-ood side | max \\|Δ AUROC\\| | score s, CLINC150 full (openworld / pytorch-ood) |")
+    w("| --- | --- | --- | --- |")
+    for (fam_a, a), (fam_b, b) in CROSS_CHECKS:
+        gaps = [abs(agg[(fam_a, a)]["auroc"] - agg[(fam_b, b)]["auroc"])
+                for _, _, agg in headline.values() if (fam_a, a) in agg and (fam_b, b) in agg]
+        full = headline.get("clinc-full", ({}, {}, {}))[2]
+        times = (f"{_secs(full[(fam_a, a)].get('score_s'))} / {_secs(full[(fam_b, b)].get('score_s'))}"
+                 if (fam_a, a) in full and (fam_b, b) in full else "–")
+        if gaps:
+            w(f"| {a} ({fam_a}) | {b} | {max(gaps):.3f} | {times} |")
+    w("")
 
     # ------------------------------------------------------------------ notes
     w("## What each row is")
@@ -857,7 +914,7 @@ def main(argv=None) -> None:
     if args.step == "prepare":
         prepare(args.work, set(args.only) if args.only else None)
     else:
-        render(args.work, args.out)
+        render(args.work, args.out, argv if argv is not None else sys.argv[1:])
         print(f"wrote {args.out}")
 
 

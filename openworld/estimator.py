@@ -14,7 +14,7 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from openworld.core import scores as score_functions
-from openworld.core.accumulator import LabelledStatistics, RowSample, chunked_statistics
+from openworld.core.accumulator import LabelledStatistics, RowSample
 from openworld.core.arrays import InputKind, as_features, as_labels, as_weights, to_output
 from openworld.core.covariance import (
     CovarianceEstimate,
@@ -24,7 +24,7 @@ from openworld.core.covariance import (
     validate_shrinkage,
     validate_structure,
 )
-from openworld.core.gaussian import GaussianHead
+from openworld.core.gaussian import GaussianHead, TiedRelativeScorer
 from openworld.core.mixture import fit_class_components, segment_logsumexp, validate_components
 from openworld.core.statistics import ClassStatistics
 from openworld.core.working_point import HeldOutScores, conformal_threshold, validate_target_tpr
@@ -474,7 +474,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
 
     def _accumulate(self, X: Tensor, class_index: Tensor, weights: Tensor | None) -> ClassStatistics:
         """Statistics of rows whose classes are known, aligned with ``classes_``."""
-        return chunked_statistics(X, class_index, len(self.classes_), weights)
+        return ClassStatistics.from_rows(X, class_index, len(self.classes_), weights)
 
     def _is_mixture(self) -> bool:
         return self.components != 1
@@ -510,11 +510,12 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             raise ValueError("priors give zero probability to every class with data")
         return torch.log(priors / priors.sum())
 
-    def _heads(self, stats: ClassStatistics) -> tuple[GaussianHead, GaussianHead | None]:
+    def _heads(self, stats) -> tuple[GaussianHead, GaussianHead | TiedRelativeScorer | None]:
         """Class head, and the second head a score may need, from statistics.
 
-        The second head is the background Gaussian (relative Mahalanobis) or the
-        low-variance principal subspace of the pooled covariance
+        The second head is the background Gaussian (relative Mahalanobis; for a
+        tied covariance its difference from the class precision, which scores
+        without whitening) or the low-variance principal subspace of the pooled covariance
         (low-variance Mahalanobis); None for the other scores.
         """
         shrinkage_on = self.shrinkage is not None
@@ -523,7 +524,9 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         names = self.classes_[self.component_class_].tolist()
         head = GaussianHead.build(stats.means, estimate, self._component_log_priors(stats), center, shrinkage_on, names)
         background = None
-        if self.score_ == "relative_mahalanobis":
+        if self.score_ == "relative_mahalanobis" and self.covariance == "tied":
+            background = TiedRelativeScorer.build(head, stats.weights)
+        elif self.score_ == "relative_mahalanobis":
             mean, cov = background_covariance(stats, estimate.pooled)
             # The background takes the structure's family: diagonal for diag, a full matrix otherwise.
             bg_estimate = (
@@ -610,14 +613,26 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         Chunk by chunk, so n × C never has to fit in memory at once beyond the output.
         """
         head, second = heads if heads is not None else self._heads_for(X.dtype, X.device)
+        relative_tied = isinstance(second, TiedRelativeScorer)
+        linear = head.tied_linear if relative_tied else None
         scores, extra = [], []
         for start in range(0, X.shape[0], head.chunk_rows()):
             chunk = X[start : start + head.chunk_rows()]
+            if relative_tied:  # scores and the argmax from the logits alone: no distances needed
+                chunk_scores, logits = second.scores(chunk, head, linear)
+                if want_scores:
+                    scores.append(chunk_scores)
+                if not want_log_joint:
+                    if want_argmax:
+                        if self._is_mixture():
+                            logits = segment_logsumexp(logits, torch.as_tensor(self.component_class_), len(self.classes_))
+                        extra.append(logits.argmax(1))
+                    continue
             distances = head.squared_mahalanobis(chunk)
             log_joint = head.log_likelihoods(distances) + head.log_priors
             if self._is_mixture():
                 log_joint = segment_logsumexp(log_joint, torch.as_tensor(self.component_class_), len(self.classes_))
-            if want_scores:
+            if want_scores and not relative_tied:
                 scores.append(self._score_chunk(chunk, distances, log_joint, second))
             if want_log_joint:
                 extra.append(log_joint)
@@ -722,13 +737,21 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         fold_of_row = sample.folds(WORKING_POINT_FOLDS)
         values, classes = [], []
         C = len(self.classes_)
-        for fold in np.unique(fold_of_row):
-            rows = torch.as_tensor(np.flatnonzero(fold_of_row == fold), device=X.device)
-            if self._is_mixture():
+        folds = [torch.as_tensor(np.flatnonzero(fold_of_row == fold), device=X.device) for fold in np.unique(fold_of_row)]
+        # A tied model needs only pooled statistics of each fold model: no (C, d, d) arithmetic per fold.
+        pooled = (
+            self.statistics_.pooled_without([(X[rows], class_index[rows], weights[rows]) for rows in folds])
+            if self.covariance == "tied" and not self._is_mixture()
+            else None
+        )
+        for f, rows in enumerate(folds):
+            if pooled is not None:
+                remaining = pooled[f]
+            elif self._is_mixture():
                 removed = ClassStatistics.from_responsibilities(X[rows], self._responsibilities(X[rows], class_index[rows]))
+                remaining = self.statistics_.subtract(removed)
             else:
-                removed = ClassStatistics.from_rows(X[rows], class_index[rows], C, weights[rows])
-            remaining = self.statistics_.subtract(removed)
+                remaining = self.statistics_.subtract(ClassStatistics.from_rows(X[rows], class_index[rows], C, weights[rows]))
             if float(remaining.weights.sum()) <= 0:
                 continue
             head, second = self._heads(remaining)

@@ -114,3 +114,26 @@ def test_padding_and_selection_reorder_classes(data):
     reordered = padded.select([5, 2, 0])
     assert torch.equal(reordered.means[1], stats.means[2])
     assert float(reordered.weights[0]) == 0.0
+
+
+@pytest.mark.parametrize("group_rows, group_products", [(7, 10**6), (64, 36), (1000, 72)])
+def test_any_grouping_of_classes_gives_the_definitions(data, monkeypatch, group_rows, group_products):
+    """Classes gathered a group at a time (and large classes cut into pieces, merged) equal one pass."""
+    from openworld.core import statistics
+
+    monkeypatch.setattr(statistics, "GROUP_ROWS", group_rows)
+    monkeypatch.setattr(statistics, "GROUP_PRODUCTS", group_products)
+    X, y, w = data
+    y = np.where(y == 1, 5, y)  # classes 1 and 4 have no rows
+    w = np.where(y == 3, 0.0, w)  # class 3 has rows of zero weight
+    stats = ClassStatistics.from_rows(torch.from_numpy(X), torch.from_numpy(y), 6, torch.from_numpy(w))
+    assert_stats_close(stats, brute_force(X, y, 6, w))
+    assert_stats_close(ClassStatistics.from_rows(torch.from_numpy(X), torch.from_numpy(y), 6), brute_force(X, y, 6))
+
+
+def test_float32_rows_give_the_float64_moments_to_float32_precision(data):
+    X, y, _ = data
+    X = X - X.mean(0)  # float32 keeps ~7 digits of the values themselves; compare on centered data
+    stats = ClassStatistics.from_rows(torch.from_numpy(X.astype(np.float32)), torch.from_numpy(y), 4)
+    assert stats.scatters.dtype == torch.float64
+    assert_stats_close(stats, brute_force(X.astype(np.float32).astype(np.float64), y, 4), rtol=1e-5)

@@ -26,19 +26,6 @@ import torch
 from openworld.core.statistics import ClassStatistics
 
 Tensor = torch.Tensor
-CHUNK_ROWS = 65536
-
-
-def chunked_statistics(X: Tensor, class_index: Tensor, n_classes: int, sample_weight: Tensor | None) -> ClassStatistics:
-    """:meth:`ClassStatistics.from_rows` a chunk of rows at a time, so float64 copies stay small."""
-    stats = None
-    for start in range(0, X.shape[0], CHUNK_ROWS):
-        part = slice(start, start + CHUNK_ROWS)
-        chunk = ClassStatistics.from_rows(
-            X[part], class_index[part], n_classes, None if sample_weight is None else sample_weight[part]
-        )
-        stats = chunk if stats is None else stats.merge(chunk)
-    return stats
 
 
 @dataclass(frozen=True)
@@ -52,7 +39,7 @@ class LabelledStatistics:
     def from_rows(cls, X: Tensor, labels: np.ndarray, sample_weight: Tensor | None = None) -> LabelledStatistics:
         """Statistics of ``X: (n, d)`` by label."""
         classes, index = np.unique(labels, return_inverse=True)
-        return cls(classes, chunked_statistics(X, torch.as_tensor(index, device=X.device), classes.size, sample_weight))
+        return cls(classes, ClassStatistics.from_rows(X, torch.as_tensor(index, device=X.device), classes.size, sample_weight))
 
     def merge(self, other: LabelledStatistics) -> LabelledStatistics:
         """Both row sets' statistics; labels of ``other`` not seen yet are appended."""
@@ -74,6 +61,8 @@ class LabelledStatistics:
     def sorted(self) -> LabelledStatistics:
         """Classes in sorted label order (the order of ``classes_``)."""
         order = np.argsort(self.labels, kind="stable")
+        if np.array_equal(order, np.arange(order.size)):
+            return self  # one chunk's labels come sorted from np.unique: no (C, d, d) copy
         return LabelledStatistics(self.labels[order], self.statistics.select(order.tolist()))
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from openworld.core.shrinkage import ledoit_wolf_intensity, oas_intensity, scaled_identity_target, shrink
-from openworld.core.statistics import ClassStatistics
+from openworld.core.statistics import ClassStatistics, PooledStatistics
 
 Tensor = torch.Tensor
 STRUCTURES = ("tied", "full", "diag")
@@ -52,11 +52,6 @@ class CovarianceEstimate:
     covariance: Tensor
     pooled: Tensor
     intensities: Tensor
-
-
-def pooled_within(stats: ClassStatistics) -> tuple[Tensor, Tensor, Tensor]:
-    """Pooled within-class scatter (d, d), its ``q4`` and total weight: the residuals of all classes."""
-    return stats.scatters.sum(0), stats.fourth_moments.sum(), stats.weights.sum()
 
 
 def single_covariance(scatter: Tensor, fourth: Tensor, weight: Tensor, shrinkage) -> tuple[Tensor, float]:
@@ -103,11 +98,11 @@ def class_intensities(stats: ClassStatistics, shrinkage, target: Tensor) -> Tens
     return intensities.to(stats.device)
 
 
-def estimate_covariance(stats: ClassStatistics, structure: str, shrinkage) -> CovarianceEstimate:
-    """The covariance(s) of ``structure`` from ``stats``, shrunk as asked."""
+def estimate_covariance(stats: ClassStatistics | PooledStatistics, structure: str, shrinkage) -> CovarianceEstimate:
+    """The covariance(s) of ``structure`` from ``stats``, shrunk as asked (pooled statistics suffice for tied)."""
     validate_structure(structure)
     validate_shrinkage(shrinkage)
-    scatter, fourth, weight = pooled_within(stats)
+    scatter, fourth, weight = stats.pooled_within()
     pooled, intensity = single_covariance(scatter, fourth, weight, shrinkage)
     if structure == "tied":
         return CovarianceEstimate("tied", pooled, pooled, torch.tensor([intensity], dtype=pooled.dtype))

@@ -203,3 +203,38 @@ class GaussianHead:
         """(n, C) Gaussian log densities ``−½ (D + log det Σ_k + r log 2π)`` from distances (r = rank)."""
         rank = self.whitened_means.shape[1]
         return -0.5 * (distances + self.log_dets + rank * math.log(2 * math.pi))
+
+
+@dataclass(frozen=True)
+class TiedRelativeScorer:
+    """Relative Mahalanobis of a tied head without whitening the rows (no n×d×d product).
+
+    With P = Σ⁻¹ and the background precision P₀ = (Σ + B)⁻¹ (B the between-class
+    scatter, rank < C), ``D₀ − D_k = 2 ℓ_k − (x − c)ᵀ (P − P₀) (x − c)`` where
+    ``ℓ_k = (x − c)·P a_k − ½ a_kᵀ P a_k`` (a_k = μ_k − c) are the LDA logits
+    without priors. In whitened coordinates B is MᵀM, M (C, d) the whitened means
+    scaled by √(w_k / W); with M = U S Vᵀ, ``P − P₀ = W V diag(s² / (1 + s²)) Vᵀ Wᵀ = F Fᵀ``
+    (rank < C, and at most d). The score ``2 max_k ℓ_k − ‖(x − c) F‖²`` costs
+    n·d·(C + rank F) instead of n·d·(2d + C), and does not cancel two large
+    distances against each other.
+    """
+
+    factor: Tensor
+
+    @classmethod
+    def build(cls, head: GaussianHead, weights: Tensor) -> TiedRelativeScorer:
+        """From a tied head and the class weights (C,) that define the background's between-class scatter."""
+        M = torch.sqrt(weights / weights.sum())[:, None] * head.whitened_means
+        _, s, Vh = torch.linalg.svd(M, full_matrices=False)
+        keep = s > torch.finfo(s.dtype).eps * s.max()  # directions the classes do not span carry nothing
+        return cls(head.whitener @ (Vh[keep].T * (s[keep] / torch.hypot(torch.ones_like(s[keep]), s[keep]))))
+
+    def to(self, dtype: torch.dtype, device) -> TiedRelativeScorer:
+        return TiedRelativeScorer(self.factor.to(dtype=dtype, device=device))
+
+    def scores(self, X: Tensor, head: GaussianHead, linear: Tensor) -> tuple[Tensor, Tensor]:
+        """(n,) relative Mahalanobis scores of ``X: (n, d)`` and (n, C) log joints up to a per-row constant."""
+        Xc = X - head.center
+        logits = Xc @ linear - 0.5 * head.mean_norms
+        logits = torch.where(torch.isfinite(head.log_priors), logits, torch.full_like(logits, -math.inf))
+        return 2 * logits.max(dim=1).values - (Xc @ self.factor).square().sum(1), logits + head.log_priors

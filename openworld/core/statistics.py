@@ -34,6 +34,8 @@ import torch
 
 Tensor = torch.Tensor
 STAT_DTYPE = torch.float64
+GROUP_ROWS = 65536  # rows gathered per group of classes (a float32 group at d = 768 is 192 MB)
+GROUP_PRODUCTS = 2**26  # d×d products held per group before they are cast to float64 (256 MB in float32)
 
 
 @dataclass(frozen=True)
@@ -63,12 +65,13 @@ class ClassStatistics:
         return self.means.device
 
     @classmethod
-    def zeros(cls, n_classes: int, n_features: int, device=None) -> ClassStatistics:
+    def zeros(cls, n_classes: int, n_features: int, device=None, scatters: bool = True) -> ClassStatistics:
+        """Empty statistics; ``scatters=False`` leaves the (C, d, d) scatters uninitialised for the caller to fill."""
         kw = dict(dtype=STAT_DTYPE, device=device)
         return cls(
             weights=torch.zeros(n_classes, **kw),
             means=torch.zeros(n_classes, n_features, **kw),
-            scatters=torch.zeros(n_classes, n_features, n_features, **kw),
+            scatters=(torch.zeros if scatters else torch.empty)(n_classes, n_features, n_features, **kw),
             third_moments=torch.zeros(n_classes, n_features, **kw),
             fourth_moments=torch.zeros(n_classes, **kw),
         )
@@ -83,41 +86,52 @@ class ClassStatistics:
     ) -> ClassStatistics:
         """Statistics of rows ``X: (n, d)`` with integer classes ``class_index: (n,)`` in [0, C).
 
-        Two passes per class (mean, then centered products) keep the scatter
-        accurate; rows are grouped by one sort, so the cost is one pass of
-        d×d products over all rows whatever C is. float64 input is computed in
-        float64; other input computes the centered products in float32 (its own
-        precision, and twice the speed) and sums them in float64.
+        Rows are sorted by class and gathered a group of whole classes at a
+        time (at most GROUP_ROWS rows), so memory stays bounded, each row is
+        read once and no merge is needed; a class larger than a group is cut
+        into pieces merged exactly. Within a group, the mean and the centered
+        products are two passes (accurate scatters) of a few whole-group
+        operations plus one d×d product per class: all classes together cost
+        one XᵀX. float64 input is computed in float64; other input computes
+        the centered products in float32 (its own precision, and twice the
+        speed) and sums them in float64.
         """
         compute = torch.float64 if X.dtype == torch.float64 else torch.float32
-        n, d = X.shape
+        d = X.shape[1]
         class_index = class_index.to(X.device)
-        stats = cls.zeros(n_classes, d, device=X.device)
+        weights = None if sample_weight is None else sample_weight.to(device=X.device, dtype=STAT_DTYPE)
         order = torch.argsort(class_index, stable=True)
-        grouped = X[order].to(compute)
-        weights = None if sample_weight is None else sample_weight.to(device=X.device, dtype=STAT_DTYPE)[order]
         counts = torch.bincount(class_index, minlength=n_classes).tolist()
-        start = 0
-        for k, count in enumerate(counts):
-            if count == 0:
-                continue
-            Xk = grouped[start : start + count]
-            wk = None if weights is None else weights[start : start + count]
-            start += count
-            total = torch.tensor(float(count), dtype=STAT_DTYPE, device=X.device) if wk is None else wk.sum()
-            if total <= 0:
-                continue
-            column_sums = Xk.sum(0, dtype=STAT_DTYPE) if wk is None else wk @ Xk.to(STAT_DTYPE)
-            mean = column_sums / total
-            R = Xk - mean.to(compute)
-            weighted = R if wk is None else R * wk.to(compute)[:, None]
-            sq = torch.linalg.vector_norm(R, dim=1).to(STAT_DTYPE) ** 2
-            wsq = sq if wk is None else wk * sq
-            stats.weights[k] = total
-            stats.means[k] = mean
-            stats.scatters[k] = (weighted.T @ R).to(STAT_DTYPE)
-            stats.third_moments[k] = (wsq.to(compute) @ R).to(STAT_DTYPE)
-            stats.fourth_moments[k] = (wsq * sq).sum()
+        pieces = [(k, min(GROUP_ROWS, count - s)) for k, count in enumerate(counts) for s in range(0, count, GROUP_ROWS)]
+        stats = cls.zeros(n_classes, d, device=X.device, scatters=False)
+        stats.scatters[torch.as_tensor(counts) == 0] = 0
+        start, i = 0, 0
+        while i < len(pieces):
+            j, rows = i + 1, pieces[i][1]  # extend the group while it stays within both budgets
+            while j < len(pieces) and rows + pieces[j][1] <= GROUP_ROWS and (j + 1 - i) * d * d <= GROUP_PRODUCTS:
+                rows += pieces[j][1]
+                j += 1
+            index = order[start : start + rows]
+            part = _consecutive_moments(
+                X.index_select(0, index).to(compute),
+                [length for _, length in pieces[i:j]],
+                None if weights is None else weights[index],
+            )
+            classes = [k for k, _ in pieces[i:j]]
+            first = [p for p, k in enumerate(classes) if p > 0 or i == 0 or pieces[i - 1][0] != k]
+            if first:
+                lo, hi = classes[first[0]], classes[first[-1]]
+                # Classes met for the first time are written by one converting copy per field (slices if consecutive).
+                target = slice(lo, hi + 1) if hi - lo + 1 == len(first) else [classes[p] for p in first]
+                source = slice(first[0], first[-1] + 1) if first[-1] - first[0] + 1 == len(first) else first
+                for name, value in part.as_dict().items():
+                    getattr(stats, name)[target] = value[source].to(STAT_DTYPE)
+            if not first or first[0] != 0:  # the group starts with a later piece of a class larger than a group
+                piece = ClassStatistics(**{name: v[:1].to(STAT_DTYPE) for name, v in part.as_dict().items()})
+                for name, value in stats.select([classes[0]]).merge(piece).as_dict().items():
+                    getattr(stats, name)[classes[0]] = value[0]
+            start += rows
+            i = j
         return stats
 
     @classmethod
@@ -154,17 +168,16 @@ class ClassStatistics:
         q4_c = q4 + 4 t3·δ + 4 δᵀSδ + 2 ‖δ‖² tr(S) + W ‖δ‖⁴.
         """
         delta = self.means - centers
+        third, fourth = self._higher_moments_about(delta)
+        return torch.baddbmm(self.scatters, (self.weights[:, None] * delta)[:, :, None], delta[:, None, :]), third, fourth
+
+    def _higher_moments_about(self, delta: Tensor) -> tuple[Tensor, Tensor]:
+        """``t3`` (C, d) and ``q4`` (C,) about ``means − delta``: one read of the scatters, no (C, d, d) result."""
         W = self.weights
         trace = torch.diagonal(self.scatters, dim1=-2, dim2=-1).sum(-1)
-        S_delta = torch.einsum("cij,cj->ci", self.scatters, delta)
+        S_delta = torch.bmm(self.scatters, delta[:, :, None])[:, :, 0]
         dd = (delta * delta).sum(-1)
-        scatter = self.scatters + W[:, None, None] * delta[:, :, None] * delta[:, None, :]
-        third = (
-            self.third_moments
-            + trace[:, None] * delta
-            + 2 * S_delta
-            + (W * dd)[:, None] * delta
-        )
+        third = self.third_moments + trace[:, None] * delta + 2 * S_delta + (W * dd)[:, None] * delta
         fourth = (
             self.fourth_moments
             + 4 * (self.third_moments * delta).sum(-1)
@@ -172,7 +185,7 @@ class ClassStatistics:
             + 2 * dd * trace
             + W * dd * dd
         )
-        return scatter, third, fourth
+        return third, fourth
 
     def _combine(self, other: ClassStatistics, sign: float) -> ClassStatistics:
         if other.means.shape != self.means.shape:
@@ -191,17 +204,79 @@ class ClassStatistics:
         safe = torch.where(weights > 0, weights, torch.ones_like(weights))
         means = (self.weights[:, None] * self.means + sign * other.weights[:, None] * other.means) / safe[:, None]
         means = torch.where((weights > 0)[:, None], means, torch.zeros_like(means))
-        s_a, t_a, q_a = self.about(means)
-        s_b, t_b, q_b = other.about(means)
+        delta_a, delta_b = self.means - means, other.means - means
+        t_a, q_a = self._higher_moments_about(delta_a)
+        t_b, q_b = other._higher_moments_about(delta_b)
+        # S_a + W_a δ_a δ_aᵀ ± (S_b + W_b δ_b δ_bᵀ): one pass for the sum, one rank-2 update in place
+        # (C·d² memory traffic dominates merging; no (C, d, d) temporaries beyond the result).
+        left = torch.stack([self.weights[:, None] * delta_a, sign * other.weights[:, None] * delta_b], dim=2)
+        scatters = torch.add(self.scatters, other.scatters, alpha=sign).baddbmm_(left, torch.stack([delta_a, delta_b], 1))
         empty = weights <= 0
         result = ClassStatistics(
             weights=weights,
             means=means,
-            scatters=s_a + sign * s_b,
+            scatters=scatters,
             third_moments=t_a + sign * t_b,
             fourth_moments=q_a + sign * q_b,
         )
         return result.where_empty_zero(empty) if bool(empty.any()) else result
+
+    def pooled_without(self, parts: list[tuple[Tensor, Tensor, Tensor]]) -> list[PooledStatistics]:
+        """For each part ``(X (m, d), class_index (m,), weights (m,))`` of fitted rows: the statistics without it, pooled.
+
+        This is what a tied covariance needs of ``self.subtract(from_rows(part))``
+        (cross-fitting scores rows with a model that excludes them), computed from
+        the part's rows and one read of the (C, d, d) scatters for all parts,
+        without forming a (C, d, d) result per part. Moments of the remainder
+        about its means μ_r: the whole class's via :meth:`about`, minus the
+        part's rows about μ_r directly; a class the part empties drops out.
+        """
+        trace = torch.diagonal(self.scatters, dim1=-2, dim2=-1).sum(-1)
+        total_scatter = self.scatters.sum(0)
+        kept, remainders, means, deltas = [], [], [], []
+        for X, class_index, w in parts:
+            removed = torch.zeros_like(self.weights).index_add_(0, class_index, w)
+            sums = torch.zeros_like(self.means).index_add_(0, class_index, X.to(STAT_DTYPE) * w[:, None])
+            remaining = self.weights - removed
+            keep = remaining > 1e-9 * torch.clamp(self.weights, min=1.0)
+            safe = torch.where(keep, remaining, 1.0)[:, None]
+            mean = torch.where(keep[:, None], (self.weights[:, None] * self.means - sums) / safe, 0.0)
+            kept.append(keep)
+            remainders.append(torch.where(keep, remaining, 0.0))
+            means.append(mean)
+            deltas.append(torch.where(keep[:, None], self.means - mean, 0.0))
+        # S δ for every class and part at once: (C, d, d) @ (C, d, parts).
+        S_delta = torch.bmm(self.scatters, torch.stack(deltas, dim=2))
+        out = []
+        for f, (X, class_index, w) in enumerate(parts):
+            keep, mean, delta = kept[f], means[f], deltas[f]
+            dd = (delta * delta).sum(-1)
+            fourth = (
+                self.fourth_moments
+                + 4 * (self.third_moments * delta).sum(-1)
+                + 4 * (S_delta[:, :, f] * delta).sum(-1)
+                + 2 * dd * trace
+                + self.weights * dd * dd
+            )
+            emptied = (~keep & (self.weights > 0)).nonzero().flatten()
+            scatter = total_scatter - self.scatters[emptied].sum(0) + (delta * self.weights[:, None]).T @ delta
+            rows = keep[class_index]
+            R = X[rows] - mean[class_index[rows]].to(X.dtype)
+            wr = w[rows]
+            sq = torch.linalg.vector_norm(R, dim=1).to(STAT_DTYPE) ** 2
+            out.append(
+                PooledStatistics(
+                    weights=remainders[f],
+                    means=mean,
+                    scatter=scatter - ((R * wr.to(R.dtype)[:, None]).T @ R).to(STAT_DTYPE),
+                    fourth_moment=fourth[keep].sum() - (wr * sq * sq).sum(),
+                )
+            )
+        return out
+
+    def pooled_within(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Within-class scatter summed over classes (d, d), its ``q4`` and the total weight."""
+        return self.scatters.sum(0), self.fourth_moments.sum(), self.weights.sum()
 
     def merge(self, other: ClassStatistics) -> ClassStatistics:
         """Statistics of the union of both row sets (same classes, same order)."""
@@ -262,3 +337,61 @@ class ClassStatistics:
 
     def as_dict(self) -> dict[str, Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _consecutive_moments(R: Tensor, lengths: list[int], weights: Tensor | None) -> ClassStatistics:
+    """Moments of consecutive runs of rows ``R: (m, d)`` (lengths (S,) summing to m), in R's dtype.
+
+    ``R`` is a gathered copy and is centered in place. A run whose weights sum
+    to zero gets zero moments.
+    """
+    S, compute = len(lengths), R.dtype
+    bounds = [0, *torch.tensor(lengths).cumsum(0).tolist()]
+    runs = list(zip(bounds, bounds[1:]))
+    if weights is None:
+        totals = torch.tensor(lengths, dtype=STAT_DTYPE, device=R.device)
+        sums = torch.stack([R[a:b].sum(0, dtype=STAT_DTYPE) for a, b in runs])
+    else:
+        totals = torch.stack([weights[a:b].sum() for a, b in runs])
+        sums = torch.stack([weights[a:b] @ R[a:b].to(STAT_DTYPE) for a, b in runs])
+    present = totals > 0
+    means = torch.where(present[:, None], sums / torch.where(present, totals, 1.0)[:, None], 0.0)
+    d = R.shape[1]
+    scatters = torch.empty(S, d, d, dtype=compute, device=R.device)
+    third = torch.empty(S, d, dtype=compute, device=R.device)
+    centers = means.to(compute)
+    for s, (a, b) in enumerate(runs):  # per run: in place, no (m, d) temporaries
+        R[a:b].sub_(centers[s])
+    sq = torch.linalg.vector_norm(R, dim=1).to(STAT_DTYPE) ** 2
+    wsq = sq if weights is None else weights * sq
+    weighted = R if weights is None else R * weights.to(compute)[:, None]
+    wsq_c = wsq.to(compute)
+    for s, (a, b) in enumerate(runs):
+        torch.mm(weighted[a:b].T, R[a:b], out=scatters[s])
+        torch.mv(R[a:b].T, wsq_c[a:b], out=third[s])
+    moments = ClassStatistics(
+        weights=totals,
+        means=means,
+        scatters=scatters,
+        third_moments=third,
+        fourth_moments=torch.stack([(wsq[a:b] * sq[a:b]).sum() for a, b in runs]),
+    )
+    return moments if bool(present.all()) else moments.where_empty_zero(~present)
+
+
+@dataclass(frozen=True)
+class PooledStatistics:
+    """What a tied covariance needs of C classes: weights (C,), means (C, d), and summed over the
+    classes the within-class scatter (d, d) and its fourth moment ``q4`` (a scalar)."""
+
+    weights: Tensor
+    means: Tensor
+    scatter: Tensor
+    fourth_moment: Tensor
+
+    @property
+    def device(self) -> torch.device:
+        return self.means.device
+
+    def pooled_within(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self.scatter, self.fourth_moment, self.weights.sum()

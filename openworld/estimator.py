@@ -547,6 +547,10 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         """Re-derive everything from the statistics (after fit, partial_fit, forget, unlearn, load)."""
         n_present = int((self._class_weights(self.statistics_) > 0).sum())
         self.score_ = score_functions.resolve_score(self.score, n_present)
+        if self.score == "auto" and n_present == 1 and self._is_mixture():
+            # One class of several components: the distance to the nearest component ignores
+            # their weights and spreads; the mixture density is the model that was fitted.
+            self.score_ = "likelihood"
         self.head_, self.score_head_ = self._heads(self.statistics_)
         # Heads cast to other dtypes/devices, built on first use. Concurrent scorers may
         # both build one; the results are identical, so no lock is needed.

@@ -120,3 +120,34 @@ def test_what_a_mixture_cannot_do_is_a_clear_error():
         OpenWorld(components=2).fit(X, y, sample_weight=np.ones(100))
     with pytest.raises(ValueError, match="components"):
         OpenWorld(components=0).fit(X, y)
+
+
+def test_held_out_log_likelihoods_match_scipy_mixture_density():
+    from scipy.stats import multivariate_normal
+
+    from openworld.core.mixture import held_out_log_likelihoods
+
+    rng = np.random.default_rng(9)
+    stats, _ = fit_mixture(torch.from_numpy(bimodal(rng, 300)), 2, "full", None, seed=0)
+    X = rng.normal(size=(50, 4)) * 3
+    W = stats.weights.numpy()
+    per_component = [
+        np.log(W[m] / W.sum())
+        + multivariate_normal(stats.means[m].numpy(), stats.scatters[m].numpy() / W[m]).logpdf(X)
+        for m in range(2)
+    ]
+    got = held_out_log_likelihoods(stats, "full", None, torch.from_numpy(X)).numpy()
+    np.testing.assert_allclose(got, logsumexp(np.stack(per_component), axis=0), rtol=1e-10)
+
+
+def test_auto_components_recover_the_number_of_clusters_and_ignore_noise():
+    from openworld.core.mixture import select_components
+
+    rng = np.random.default_rng(10)
+    centres = 12.0 * np.eye(4)
+    four = np.vstack([rng.normal(size=(150, 4)) + c for c in centres])
+    for seed in range(5):
+        assert select_components(torch.from_numpy(four), "full", "auto", seed) == 4
+        one = rng.normal(size=(500, 4)) * [1.0, 2.0, 3.0, 4.0]  # one Gaussian: a gain of M = 2 would be noise
+        assert select_components(torch.from_numpy(one), "full", "auto", seed) == 1
+    assert select_components(torch.from_numpy(four[:9]), "full", "auto", 0) == 1  # too few rows to hold any out

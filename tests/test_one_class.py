@@ -140,3 +140,34 @@ def test_cli_evaluates_a_one_class_model_on_an_anomaly_column(tmp_path):
     result = runner.invoke(app, ["eval", str(tmp_path / "m.safetensors"), str(tmp_path / "test.parquet"),
                                  "--anomaly-column", "embedding"])
     assert result.exit_code == 2
+
+
+def test_one_class_mixture_scores_by_the_mixture_density_of_its_components():
+    from scipy.special import logsumexp
+    from scipy.stats import multivariate_normal
+
+    rng = np.random.default_rng(11)
+    side = rng.integers(0, 2, size=800)
+    X = rng.normal(size=(800, 3)) + np.where(side[:, None] == 1, 4.0, -4.0) * [1.0, 0.0, 0.0]
+    model = OpenWorld(components=2, covariance="full", shrinkage=None, target_tpr=None, random_state=0).fit(X)
+    assert model.score_ == "likelihood"
+    stats = model.statistics_
+    W = stats.weights.numpy()
+    reference = logsumexp(
+        [
+            np.log(W[m] / W.sum())
+            + multivariate_normal(stats.means[m].numpy(), stats.scatters[m].numpy() / W[m]).logpdf(X[:100])
+            for m in range(2)
+        ],
+        axis=0,
+    )
+    np.testing.assert_allclose(model.score_samples(X[:100]), reference, rtol=1e-4)
+    # The empty middle between the two modes is anomalous to the mixture, normal to one Gaussian.
+    middle = rng.normal(size=(300, 3)) * 0.5
+    held_out = rng.normal(size=(300, 3)) + np.where(rng.integers(0, 2, 300)[:, None] == 1, 4.0, -4.0) * [1, 0, 0]
+    auto = OpenWorld(components="auto", covariance="full", random_state=0).fit(X)
+    single = OpenWorld(random_state=0).fit(X)
+    assert auto.statistics_.n_classes == 2
+    assert np.mean(auto.predict(middle) == "unknown") > 0.95
+    assert np.mean(single.predict(middle) == "unknown") < 0.1
+    assert np.mean(auto.predict(held_out) == "unknown") < 0.15

@@ -6,7 +6,11 @@ may hold M components ("Hierarchical Visual Categories Modeling", 2024); EM
 alternates responsibilities (E-step, the Gaussian head) and component
 statistics (M-step, :meth:`ClassStatistics.from_responsibilities`), so the
 components are shrunk and scored exactly like classes. ``components="auto"``
-picks M per class by BIC (Schwarz 1978).
+picks M per class by held-out log-likelihood: EM on a seeded 80 % of the
+class's rows for M = 1, 2, 4, 8, 16 (stopping at the first M that does not
+improve), scored on the other 20 %, then a refit with the chosen M on every
+row. Held-out likelihood judges the shrunk model actually used; BIC counts
+parameters that shrinkage does not leave free, and it is asymptotic.
 
 Where exactness ends: a mixture depends on the rows it was fitted on.
 ``forget`` (drop a class's components) stays exact; ``partial_fit`` is one
@@ -27,7 +31,9 @@ from openworld.core.gaussian import GaussianHead
 from openworld.core.statistics import ClassStatistics
 
 Tensor = torch.Tensor
-MAX_AUTO_COMPONENTS = 5
+AUTO_COMPONENTS = (1, 2, 4, 8, 16)  # candidates of components="auto", in order
+AUTO_VALIDATION_SHARE = 0.2  # share of a class's rows held out to choose M
+MIN_ROWS_PER_COMPONENT = 4  # a candidate M needs at least this many fitting rows per component
 EM_ITERATIONS = 100
 EM_TOLERANCE = 1e-6  # relative change of the mean log-likelihood per row
 
@@ -87,24 +93,51 @@ def fit_mixture(X: Tensor, n_components: int, structure: str, shrinkage, seed: i
     return stats.select((stats.weights > 1e-9 * X.shape[0]).nonzero().flatten().tolist()), float(log_likelihood)
 
 
-def free_parameters(n_components: int, d: int, structure: str) -> int:
-    """Parameters of an M-component mixture: means, weights and covariances of ``structure``."""
-    covariance = {"tied": d * (d + 1) // 2, "full": n_components * d * (d + 1) // 2, "diag": n_components * d}[structure]
-    return n_components * d + (n_components - 1) + covariance
+def held_out_log_likelihoods(stats: ClassStatistics, structure: str, shrinkage, X: Tensor) -> Tensor:
+    """(n,) log-density of each row of ``X: (n, d)`` under the mixture of ``stats``, in float64."""
+    head = component_head(stats, structure, shrinkage)
+    X = X.to(torch.float64)
+    return torch.logsumexp(head.log_likelihoods(head.squared_mahalanobis(X)) + head.log_priors, dim=1)
+
+
+def select_components(X: Tensor, structure: str, shrinkage, seed: int) -> int:
+    """The number of components, from ``AUTO_COMPONENTS``, by held-out log-likelihood on a seeded split of ``X``.
+
+    Candidates are tried in increasing order; a larger M replaces the current
+    choice only if it raises the mean held-out log-density by more than one
+    standard error of the paired per-row differences (the one-standard-error
+    rule of cross-validation: a gain within the noise of the split is not taken),
+    and the search stops at the first M that does not, or that would leave
+    fewer than ``MIN_ROWS_PER_COMPONENT`` fitting rows per component. Too few
+    rows to hold any out: 1.
+    """
+    n = X.shape[0]
+    n_held_out = round(AUTO_VALIDATION_SHARE * n)
+    if n_held_out < 2 or n - n_held_out < 2 * MIN_ROWS_PER_COMPONENT:
+        return 1
+    order = torch.as_tensor(np.random.default_rng(seed).permutation(n), device=X.device)
+    held_out, fitting = X[order[:n_held_out]], X[order[n_held_out:]]
+    best_m, best = 1, None
+    for m in AUTO_COMPONENTS:
+        if m > 1 and m * MIN_ROWS_PER_COMPONENT > fitting.shape[0]:
+            break
+        stats, _ = fit_mixture(fitting, m, structure, shrinkage, seed)
+        values = held_out_log_likelihoods(stats, structure, shrinkage, held_out)
+        if best is None:
+            best = values
+            continue
+        gain = values - best
+        if not bool(torch.isfinite(gain).all()) or float(gain.mean()) <= float(gain.std()) / math.sqrt(n_held_out):
+            break
+        best_m, best = m, values
+    return best_m
 
 
 def fit_class_components(X: Tensor, components, structure: str, shrinkage, seed: int) -> ClassStatistics:
-    """Component statistics of one class: ``components`` an int, or "auto" (lowest BIC up to MAX_AUTO_COMPONENTS)."""
-    if components != "auto":
-        return fit_mixture(X, int(components), structure, shrinkage, seed)[0]
-    best, best_bic = None, math.inf
-    n, d = X.shape
-    for m in range(1, min(MAX_AUTO_COMPONENTS, n) + 1):
-        stats, log_likelihood = fit_mixture(X, m, structure, shrinkage, seed)
-        bic = -2 * log_likelihood + free_parameters(stats.n_classes, d, structure) * math.log(n)
-        if bic < best_bic:
-            best, best_bic = stats, bic
-    return best
+    """Component statistics of one class: ``components`` an int, or "auto" (:func:`select_components`)."""
+    if components == "auto":
+        components = select_components(X, structure, shrinkage, seed)
+    return fit_mixture(X, int(components), structure, shrinkage, seed)[0]
 
 
 def validate_components(components) -> None:

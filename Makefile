@@ -55,3 +55,12 @@ $(BIN)/.bench-installed: $(BIN)/.installed
 
 bench-anomaly: $(BIN)/.bench-installed
 	$(BIN)/python benchmarks/anomaly.py --out docs/anomaly.md
+
+# ---------------------------------------------------------------------------------------------
+# Speed against the matrix-product floors, scikit-learn LDA and pytorch-ood (issue 5, CPU):
+# regenerates docs/performance.md (~15 min on a 2-core CPU; --full for the whole grid).
+# pytorch-ood runs in ./bench-env, in a subprocess of benchmarks/speed.py.
+.PHONY: bench-speed
+
+bench-speed: install bench-env
+	$(BIN)/python -m benchmarks.speed --out docs/performance.md

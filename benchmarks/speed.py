@@ -132,14 +132,14 @@ def run_case(n: int, d: int, n_classes: int, threads: int, full: bool) -> list[d
     record("openworld (target_tpr=None)", "fit", *timed(lambda: ow.OpenWorld(target_tpr=None).fit(X, y), reps))
     record("openworld", "predict_proba", *timed(lambda: model.predict_proba(X), reps))
     record("openworld", "score_samples", *timed(lambda: model.score_samples(X), reps))
-    del model
+    model = None  # free its statistics before the next fits
 
     if n_classes * d * d * 8 * 3 < 6 * 2**30:  # full covariance: per-class matrices (statistics, covariances, whiteners)
         full_model = ow.OpenWorld(covariance="full", target_tpr=None).fit(X[: min(n, SLOW_FIT_ROWS)], y[: min(n, SLOW_FIT_ROWS)])
         m = row_sample(n, n_classes)
         seconds, rss = timed(lambda: full_model.score_samples(X[:m]), reps)
         record("openworld covariance='full'", "score_samples", seconds * n / m, rss, m)
-        del full_model
+        full_model = None
 
     if n <= SLOW_FIT_ROWS or full:
         lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
@@ -160,7 +160,7 @@ def accuracy_check() -> dict:
     double = ow.OpenWorld(target_tpr=None).fit(X.astype(np.float64), y)
     s32, s64 = single.score_samples(X_new).astype(np.float64), double.score_samples(X_new.astype(np.float64))
     p32, p64 = single.predict_proba(X_new).astype(np.float64), double.predict_proba(X_new.astype(np.float64))
-    rel = lambda a, b: float(np.abs(a - b).max() / np.abs(b).max())  # noqa: E731
+    rel = lambda a, b: float(np.abs(a - b).max() / np.abs(b).max())
     from sklearn.metrics import roc_auc_score
 
     label = np.arange(20_000) % 2 == 1

@@ -1,4 +1,4 @@
-"""The ``openworld`` command line: demo, embed, fit, score, eval.
+"""The ``openworld`` command line: demo, embed, fit, score, discover, eval.
 
 Tables are .npy/.npz, Parquet or CSV holding a vector column, numeric
 feature columns, or a text column (embedded with the bundled sentence model;
@@ -230,6 +230,61 @@ def score_command(
             best = model.classes_[posteriors[known].argmax(1)]
             summary["accuracy on known classes (closed set)"] = float(np.mean(best == y[known]))
     _print_summary(f"scored {data} → {output}", summary)
+
+
+@app.command("discover")
+def discover_command(
+    model_path: Path = typer.Argument(..., help="Model written by `openworld fit`."),
+    data: Path = typer.Argument(..., help="Unlabelled table of vectors or text (known and new classes mixed)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Where to write each row's cluster (.parquet, .csv, .npz)."),
+    n_new: str = typer.Option("auto", help="Number of new classes: 'auto' estimates it, or an integer."),
+    adopt: Optional[Path] = typer.Option(None, help="Also write the model with the new clusters adopted as classes here."),
+    report: Optional[Path] = typer.Option(None, help="Write an HTML page: a 2-D projection coloured by cluster."),
+    vectors: Optional[str] = typer.Option(None, help="Vector column (default: auto-detected)."),
+    text: Optional[str] = typer.Option(None, help="Text column to embed instead of vectors."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+):
+    """Find new classes among unlabelled rows: each row's known label or new cluster, and each new cluster's size
+    and representative rows."""
+    from openworld.estimator import OpenWorld
+
+    try:
+        count = n_new if n_new == "auto" else int(n_new)
+    except ValueError:
+        _fail(f"--n-new must be 'auto' or an integer, got {n_new!r}")
+    try:
+        model = OpenWorld.load(model_path)
+        X, _, encoder = _features(data, vectors, text, None, progress)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        _fail(str(error))
+    if encoder is not None and model.embedding_model_ != encoder:
+        _fail(f"{model_path} was fitted on {model.embedding_model_ or 'vectors'}, not on text embedded with {encoder}")
+    try:
+        with console.status("discovering new classes"):
+            result = model.discover(X, n_new=count)
+    except ValueError as error:
+        _fail(str(error))
+    representative = np.zeros(len(result.labels), dtype=bool)
+    for cluster in result.clusters:
+        representative[cluster.representatives] = True
+    from openworld.io.tables import write_table
+
+    write_table(output, {"cluster": result.labels.astype(str), "new": result.is_new, "representative": representative})
+    table = RichTable(title=f"{result.n_new} new classes in {data} → {output}")
+    for column in ("cluster", "rows", "representative rows"):
+        table.add_column(column)
+    for cluster in result.clusters:
+        table.add_row(cluster.name, str(cluster.size), ", ".join(str(i) for i in cluster.representatives))
+    console.print(table)
+    if report is not None:
+        from openworld.evaluation.report import write_discovery_html
+
+        write_discovery_html(result, X, report, title=str(data))
+        console.print(f"report written to {report}")
+    if adopt is not None:
+        model.adopt(result)
+        model.save(adopt)
+        console.print(f"model with {result.n_new} adopted classes written to {adopt}")
 
 
 def _ood_mask(y: np.ndarray, classes: np.ndarray, ood_labels: list[str]) -> np.ndarray:

@@ -286,6 +286,55 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         self._keep_classes(keep)
         return self
 
+    def discover(self, X, n_new="auto", adopt=False, names=None, representatives=5):
+        """Find new classes among unlabelled rows ``X`` (known and new classes mixed).
+
+        Returns a :class:`openworld.discovery.Discovery`: per row a known label or
+        a new cluster's name, and per new cluster its size, center and the
+        ``representatives`` rows nearest it (to name it). ``n_new``: ``"auto"``
+        estimates the number of new classes, an int fixes it. ``adopt=True``
+        adds the new clusters as classes (see :meth:`adopt`).
+        """
+        from openworld.discovery import discover
+
+        self._check_fitted()
+        X, _ = as_features(X, n_features=self.n_features_in_, name=type(self).__name__, device=self.statistics_.device)
+        result = discover(self, X, n_new, representatives=representatives, random_state=self.random_state)
+        if adopt:
+            self.adopt(result, names)
+        return result
+
+    def adopt(self, discovery, names=None):
+        """Add a discovery's new clusters as classes, from the rows assigned to them.
+
+        Goes through :meth:`partial_fit`, so the model equals one fitted with
+        those rows labelled; rows assigned to known classes are not absorbed
+        (their labels are guesses). ``names``: a list (in ``discovery.clusters``
+        order) or a dict from cluster name to class name.
+        """
+        if discovery.rows is None or not discovery.clusters:
+            return self
+        old = discovery.names
+        numeric = np.issubdtype(self.classes_.dtype, np.number)
+        if names is None and numeric:  # integer classes: new ones continue the numbering
+            mapping = {name: int(self.classes_.max()) + 1 + i for i, name in enumerate(old)}
+        elif names is None:
+            mapping = dict(zip(old, old))
+        elif isinstance(names, dict):
+            mapping = {name: names.get(name, name) for name in old}
+        else:
+            names = list(names)
+            if len(names) != len(old):
+                raise ValueError(f"names has {len(names)} entries for {len(old)} new clusters")
+            mapping = dict(zip(old, names))
+        clash = sorted(set(mapping.values()) & {str(c) for c in self.classes_})
+        if clash:
+            raise ValueError(f"new class names {clash!r} are already classes of the model")
+        labels = np.array([mapping[label] for label in discovery.labels[discovery.is_new]])
+        self.partial_fit(discovery.rows, labels)
+        discovery.rows = None
+        return self
+
     def set_working_point(self, X_val, target_tpr=None):
         """Place the threshold on held-out in-distribution rows ``X_val: (m, d)``.
 

@@ -809,3 +809,71 @@ def _svg_reliability(diagram: metrics.ReliabilityDiagram, ece: float | None) -> 
             panel.text(panel.x((edges[m] + edges[m + 1]) / 2), panel.y(counts[m]) - 3, f"{int(counts[m]):,}", 9, "middle", "#555")
     plot.items.extend(panel.items)  # both panels in one SVG
     return plot.svg()
+
+
+# --------------------------------------------------------------------------------- discovery report
+
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+            "#7f7f7f")
+DISCOVERY_POINTS = 4000  # at most this many rows drawn (a seeded sample), so the page stays small
+
+
+def write_discovery_html(discovery, X, path: str | os.PathLike[str], *, title: str | None = None, seed: int = 0) -> None:
+    """Write one self-contained HTML page for :meth:`openworld.OpenWorld.discover`: a 2-D projection of the
+    unlabelled rows coloured by cluster (known rows grey, each new cluster its colour) and a table of the new
+    clusters with their representative rows."""
+    Path(path).write_text(render_discovery_html(discovery, X, title=title, seed=seed), encoding="utf-8")
+
+
+def render_discovery_html(discovery, X, *, title: str | None = None, seed: int = 0) -> str:
+    from openworld import __version__
+
+    e = html.escape
+    X = _numpy(X).astype(np.float64)
+    heading = "openworld discovery" + (f" — {title}" if title else "")
+    rows = "".join(
+        f"<tr><td>{e(c.name)}</td><td class=\"n\">{c.size}</td><td>{e(', '.join(str(i) for i in c.representatives))}</td></tr>"
+        for c in discovery.clusters
+    )
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{e(heading)}</title><style>{_CSS}</style></head><body>", f"<h1>{e(heading)}</h1>",
+        f'<p class="sub">{len(discovery.labels):,} rows · {int((~discovery.is_new).sum()):,} assigned to known classes · '
+        f"{discovery.n_new} new classes · openworld {e(__version__)}</p>",
+        "<h2>Projection</h2>",
+        _figure(_svg_projection(discovery, X, seed),
+                "The rows projected on their first two principal axes; known-class rows grey, each new cluster in "
+                "its colour (the ten largest; others dark). Ringed points are each cluster's representative rows."),
+        "<h2>New clusters</h2>",
+        "<table><tr><th>cluster</th><th>rows</th><th>representative rows (row numbers, nearest the center first)</th></tr>"
+        + rows + "</table>",
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def _svg_projection(discovery, X: np.ndarray, seed: int) -> str:
+    centered = X - X.mean(0)
+    _, _, axes = np.linalg.svd(centered[: min(len(X), 20_000)], full_matrices=False)
+    points = centered @ axes[:2].T if axes.shape[0] >= 2 else np.c_[centered @ axes[:1].T, np.zeros(len(X))]
+    shown = np.arange(len(X))
+    if len(X) > DISCOVERY_POINTS:
+        shown = np.sort(np.random.default_rng(seed).choice(len(X), DISCOVERY_POINTS, replace=False))
+    representatives = {int(i) for c in discovery.clusters for i in c.representatives}
+    shown = np.union1d(shown, np.fromiter(representatives, dtype=np.int64, count=len(representatives)))
+    lo, hi = points[shown].min(0), points[shown].max(0)
+    pad = 0.05 * np.maximum(hi - lo, 1e-12)
+    plot = _Plot(720, 520, (lo[0] - pad[0], hi[0] + pad[0]), (lo[1] - pad[1], hi[1] + pad[1]))
+    plot.axes("first principal axis", "second principal axis", "Unlabelled rows by cluster")
+    colour = {c.name: (_PALETTE[i] if i < len(_PALETTE) else "#333") for i, c in enumerate(discovery.clusters)}
+    order = sorted(shown, key=lambda i: bool(discovery.is_new[i]))  # known rows underneath
+    for i in order:
+        fill = colour[discovery.labels[i]] if discovery.is_new[i] else "#c8c8c8"
+        plot.add(f'<circle cx="{plot.x(points[i, 0]):.1f}" cy="{plot.y(points[i, 1]):.1f}" r="2.2" fill="{fill}" '
+                 'fill-opacity="0.8"/>')
+    for i in sorted(representatives):
+        plot.add(f'<circle cx="{plot.x(points[i, 0]):.1f}" cy="{plot.y(points[i, 1]):.1f}" r="5" fill="none" '
+                 f'stroke="{colour[discovery.labels[i]]}" stroke-width="1.6"/>')
+    entries = [("known classes", "#c8c8c8", "dot")] + [(c.name, colour[c.name], "dot") for c in discovery.clusters[:10]]
+    _legend(plot, entries, plot.right - 130, plot.top + 20)
+    return plot.svg()

@@ -1,0 +1,452 @@
+"""Discovery of new classes among unlabelled rows: a semi-supervised Gaussian mixture.
+
+The fitted classes anchor their components; new components are found, and
+their number estimated, by split / merge moves judged by BIC. Everything comes
+from the model's statistics — no stored examples:
+
+1. **Space.** Rows are whitened by the model's pooled within-class covariance
+   (shrunk), then L2-normalised. The known classes teach the metric in which
+   classes are round; a new class is assumed to share their covariance (the
+   tied-Gaussian assumption), which is what makes a single variance ``σ²``
+   meaningful for it.
+2. **Anchors.** A known component enters as its whitened mean scaled to where
+   its rows land on the sphere, ``Wμ / √(‖Wμ‖² + tr(WΣWᵀ))``, weighing as many
+   rows as it was fitted on (semi-supervised k-means: labelled rows are fixed
+   to their class; here their sums are).
+3. **Signal axes.** Only the principal axes of the rows whose variance rises
+   above the within-class noise edge (Marchenko-Pastur) are kept: in hundreds
+   of noise dimensions the k-means objective is nearly flat between good and
+   poor partitions.
+4. **Number of new classes.** Starting from the known components only, every
+   cluster is tentatively split in two (2-means). A split is kept when its
+   gain beats both BIC's price of a component (spherical Gaussian of the known
+   clusters' variance) and what splitting a known cluster — one class —
+   gains per row by chance; two clusters (at least one new) merge when merging
+   costs less than that. A known cluster's anchored half stays known.
+   Repeated until nothing changes.
+5. **New means new.** A candidate cluster most of whose rows the model would
+   *accept* at its working point is a mode of known data, not a new class: it
+   is folded back. This is what keeps all-known data at 0 new classes.
+6. **Refinement.** Swap moves at fixed K (remove the cheapest new cluster,
+   split the most costly one, keep it if the k-means objective drops) escape
+   the local optima that plain k-means gets stuck in.
+
+Settings (:class:`Settings`): for normalised embeddings they were chosen on
+validation splits of CLINC150's training and validation rows
+(``benchmarks/discovery.py --validate``); for other features, plain BIC and the
+noise edge itself.
+
+Cost: each k-means step is one (n × d × K) product, chunked, so memory is
+O(n·d + K·d) and never n × n.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from openworld.core.covariance import estimate_covariance
+from openworld.core.gaussian import cholesky_whitener
+
+Tensor = torch.Tensor
+
+@dataclass(frozen=True)
+class Settings:
+    """How much a split must gain: ``bic_scale`` times BIC's price of a component, and more per row than
+    the ``chance_quantile`` of what splitting a known class gains; ``noise_edge`` scales the noise edge
+    below which principal axes are dropped."""
+
+    bic_scale: float
+    chance_quantile: float
+    noise_edge: float
+
+
+# Normalised embeddings: chosen on validation splits of CLINC150's training and validation rows
+# (benchmarks/discovery.py --validate; the test split is not used).
+EMBEDDING_SETTINGS = Settings(bic_scale=0.5, chance_quantile=0.9, noise_edge=2.0)
+# Other features, where the Gaussian model is taken at its word: plain BIC and the Marchenko-Pastur edge itself.
+GAUSSIAN_SETTINGS = Settings(bic_scale=1.0, chance_quantile=0.9, noise_edge=1.0)
+MAX_ROUNDS = 15  # split/merge rounds; each adds or removes components until BIC is satisfied
+SWAP_ROUNDS = 10
+KMEANS_ITERATIONS = 100
+CHUNK_ROWS = 16_384
+NEW_PREFIX = "new-"
+SPHERE_TOLERANCE = 0.01  # relative spread of row norms below which rows are taken as normalised embeddings
+
+
+@dataclass
+class NewCluster:
+    """A discovered class: its name, size, center in the input space and the rows nearest that center."""
+
+    name: str
+    size: int
+    center: np.ndarray
+    representatives: np.ndarray  # row indices into the discovered rows, nearest first
+
+
+@dataclass
+class Discovery:
+    """The result of :meth:`openworld.OpenWorld.discover`.
+
+    ``labels`` (n,): a known class or a new cluster's name (``"new-0"``, … by
+    decreasing size); ``is_new`` (n,): rows in new clusters; ``clusters``: one
+    :class:`NewCluster` per new class. ``rows`` holds the rows of new clusters
+    (only until adopted) so that :meth:`openworld.OpenWorld.adopt` needs no
+    second pass over the data.
+    """
+
+    labels: np.ndarray
+    is_new: np.ndarray
+    clusters: list[NewCluster]
+    rows: Tensor | None = field(default=None, repr=False)
+
+    @property
+    def n_new(self) -> int:
+        return len(self.clusters)
+
+    @property
+    def names(self) -> list[str]:
+        return [cluster.name for cluster in self.clusters]
+
+
+def discover(model, X: Tensor, n_new="auto", *, settings: Settings | None = None, representatives: int = 5,
+             random_state=None) -> Discovery:
+    """Cluster ``X`` (already validated, on the model's device) into known classes and new ones.
+
+    ``settings`` default to :data:`EMBEDDING_SETTINGS` for rows of equal norm
+    (normalised embeddings), else :data:`GAUSSIAN_SETTINGS`.
+    """
+    if n_new != "auto" and (isinstance(n_new, bool) or not isinstance(n_new, (int, np.integer)) or n_new < 0):
+        raise ValueError(f"n_new must be 'auto' or an int >= 0, got {n_new!r}")
+    rng = np.random.default_rng(random_state)
+    stats = model.statistics_
+    present = (stats.weights > 0).nonzero().flatten()
+    # A repeated row is no new evidence about how many classes there are: cluster distinct rows.
+    X_all = X
+    X, copy_of = torch.unique(X_all, dim=0, return_inverse=True)
+    spherical = _on_a_sphere(X)
+    center, W, anchors, noise = _space(stats.select(present.tolist()), model.shrinkage, spherical)
+    Z = (X.double() - center).to(X.dtype) @ W.to(X.dtype)
+    Z = (_normalise(Z) if spherical else Z).double()
+    settings = settings or (EMBEDDING_SETTINGS if spherical else GAUSSIAN_SETTINGS)
+    Z, anchors = _signal_subspace(Z, anchors, noise * settings.noise_edge)
+    Z, anchors = Z.float(), anchors.float()
+    anchor_weights = stats.weights[present].float().to(Z.device)
+    owner = model.component_class_[present.cpu().numpy()]  # known component -> class index
+    C = anchors.shape[0]
+    n = Z.shape[0]
+    if n_new == "auto":
+        accepted = _accepted(model, X, Z.device)
+        centroids = _split_merge(Z, anchors, anchor_weights, rng, settings)
+        centroids = _drop_accepted(Z, anchors, anchor_weights, centroids, accepted)
+    else:
+        k = min(int(n_new), n)
+        centroids = torch.cat([anchors, _greedy_seeds(Z, anchors, k, rng)]) if k else anchors
+    centroids = _swap(Z, anchors, anchor_weights, centroids, rng)
+    assignment, _ = _kmeans(Z, anchors, anchor_weights, centroids)
+    return _result(model, X_all, Z[copy_of], assignment[copy_of], centroids, owner, C, representatives)
+
+
+# ------------------------------------------------------------------------------------- the space
+
+
+def _on_a_sphere(X: Tensor) -> bool:
+    """Rows of (nearly) equal norm, as normalised embeddings are: their geometry is the angle between them."""
+    norms = X.double().norm(dim=1)
+    return bool(norms.std() <= SPHERE_TOLERANCE * norms.mean()) if X.shape[0] > 1 else False
+
+
+def _space(stats, shrinkage, spherical: bool) -> tuple[Tensor, Tensor, Tensor, float]:
+    """The center and whitener of the pooled covariance, each known component's anchor, and the
+    within-class variance per dimension that rows have around their anchor in that space."""
+    estimate = estimate_covariance(stats, "tied", "auto" if shrinkage is None else shrinkage)
+    weights = stats.weights
+    center = (weights[:, None] * stats.means).sum(0) / weights.sum()
+    magnitude = torch.maximum(stats.means.abs().amax(0), center.abs())
+    W, _ = cholesky_whitener(estimate.covariance, True, magnitude)
+    whitened_means = (stats.means - center) @ W
+    d = W.shape[0]
+    # tr(W Σ_k Wᵀ) with Σ_k the component's own covariance; a one-row component gets the pooled one.
+    own = torch.einsum("cij,ij->c", stats.scatters, W @ W.T) / weights.clamp(min=1.0)
+    spread = torch.where(weights > 1, own, torch.full_like(own, float(d)))
+    share = weights / weights.sum()
+    if not spherical:
+        return center, W, whitened_means, float((share * spread).sum()) / d
+    radius2 = (whitened_means**2).sum(1) + spread
+    anchors = whitened_means / torch.sqrt(radius2)[:, None]
+    return center, W, anchors, float((share * spread / radius2).sum()) / d
+
+
+def _signal_subspace(Z: Tensor, anchors: Tensor, noise: float) -> tuple[Tensor, Tensor]:
+    """Project onto the principal axes of the rows whose variance rises above the noise.
+
+    Within-class noise of variance ``noise`` per dimension gives sample eigenvalues up to
+    ``noise·(1 + √(d/n))²`` (Marchenko-Pastur); axes above that carry differences between
+    classes, known or new. Dropping the rest sharpens the k-means objective, which is
+    otherwise nearly flat between good and poor partitions in hundreds of dimensions.
+    """
+    n, d = Z.shape
+    if n < 2:
+        return Z, anchors
+    mean = Z.mean(0)
+    centered = Z - mean
+    eigenvalues, axes = torch.linalg.eigh(centered.T @ centered / (n - 1))
+    edge = noise * (1 + math.sqrt(d / n)) ** 2
+    keep = eigenvalues > edge
+    if int(keep.sum()) == 0:
+        keep = eigenvalues >= eigenvalues.max()
+    axes = axes[:, keep]
+    return centered @ axes, (anchors - mean) @ axes
+
+
+def _normalise(Z: Tensor) -> Tensor:
+    return Z / Z.norm(dim=1, keepdim=True).clamp(min=torch.finfo(Z.dtype).tiny)
+
+
+# ------------------------------------------------------------------------- semi-supervised k-means
+
+
+def _assign(Z: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
+    """Nearest centroid and squared distance of every row, in chunks (never n × K at once for large n)."""
+    half_norms = 0.5 * (centroids**2).sum(1)
+    labels, distances = [], []
+    for start in range(0, Z.shape[0], CHUNK_ROWS):
+        block = Z[start:start + CHUNK_ROWS]
+        best, index = (block @ centroids.T - half_norms).max(1)
+        labels.append(index)
+        distances.append(((block**2).sum(1) - 2 * best).clamp(min=0))
+    return torch.cat(labels), torch.cat(distances)
+
+
+def _kmeans(Z: Tensor, anchors: Tensor, anchor_weights: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
+    """Lloyd iterations where the first C centroids also hold their anchors' weight. Returns (assignment, objective)."""
+    C = anchors.shape[0]
+    for _ in range(KMEANS_ITERATIONS):
+        assignment, _ = _assign(Z, centroids)
+        K = centroids.shape[0]
+        counts = torch.bincount(assignment, minlength=K).to(Z.dtype)
+        sums = torch.zeros_like(centroids).index_add_(0, assignment, Z)
+        counts[:C] += anchor_weights
+        sums[:C] += anchor_weights[:, None] * anchors
+        empty = counts == 0
+        updated = torch.where(empty[:, None], centroids, sums / counts.clamp(min=1e-12)[:, None])
+        if torch.allclose(updated, centroids, atol=1e-7):
+            break
+        centroids = updated
+    assignment, distances = _assign(Z, centroids)
+    objective = distances.sum() + (anchor_weights * ((anchors - centroids[:C]) ** 2).sum(1)).sum()
+    return assignment, objective
+
+
+def _two_means(rows: Tensor, start: Tensor, iterations: int = 15) -> tuple[float, Tensor | None]:
+    """The drop in squared error from splitting ``rows`` in two, and the two centers (None if no split)."""
+    centers = start.clone()
+    for _ in range(iterations):
+        side = torch.cdist(rows, centers).argmin(1)
+        if bool((side == side[0]).all()):
+            return 0.0, None
+        centers = torch.stack([rows[side == 0].mean(0), rows[side == 1].mean(0)])
+    side = torch.cdist(rows, centers).argmin(1)
+    one = ((rows - rows.mean(0)) ** 2).sum()
+    two = ((rows - centers[side]) ** 2).sum()
+    return float(one - two), centers
+
+
+def _best_split(rows: Tensor, rng: np.random.Generator, starts: int = 3) -> tuple[float, Tensor | None]:
+    """The best of a few 2-means runs, each started from a random row and the row farthest from it."""
+    best = (0.0, None)
+    for _ in range(starts):
+        first = rows[int(rng.integers(rows.shape[0]))]
+        farthest = rows[((rows - first) ** 2).sum(1).argmax()]
+        gain, halves = _two_means(rows, torch.stack([first, farthest]))
+        if halves is not None and gain > best[0]:
+            best = (gain, halves)
+    return best
+
+
+def _greedy_seeds(Z: Tensor, existing: Tensor, k: int, rng: np.random.Generator) -> Tensor:
+    """k-means++ seeds (greedy, several candidates per seed) continuing from existing centers."""
+    _, nearest = _assign(Z, existing) if existing.shape[0] else (None, torch.full((Z.shape[0],), 4.0, dtype=Z.dtype))
+    trials = 2 + int(math.log(k + 1))
+    seeds = []
+    for _ in range(k):
+        p = nearest.double().cpu().numpy()
+        p = p / p.sum() if p.sum() > 0 else np.full(p.size, 1.0 / p.size)
+        candidates = torch.as_tensor(rng.choice(Z.shape[0], size=trials, p=p), device=Z.device)
+        to_candidates = torch.cdist(Z, Z[candidates]) ** 2
+        potential = torch.minimum(nearest[:, None], to_candidates).sum(0)
+        best = int(potential.argmin())
+        seeds.append(Z[candidates[best]])
+        nearest = torch.minimum(nearest, to_candidates[:, best])
+    return torch.stack(seeds) if seeds else Z[:0]
+
+
+def _split_merge(Z: Tensor, anchors: Tensor, anchor_weights: Tensor, rng, settings: Settings) -> Tensor:
+    """Grow new components from the known ones by splits and merges judged by BIC and by what
+    splitting one class gains by chance, measured on the known clusters (one class each)."""
+    C, d = anchors.shape
+    n = Z.shape[0]
+    centroids = anchors.clone()
+    assignment, _ = _kmeans(Z, anchors, anchor_weights, centroids)
+    for _ in range(MAX_ROUNDS):
+        K = centroids.shape[0]
+        _, distances = _assign(Z, centroids)
+        in_known = assignment < C
+        variance = float(distances[in_known].sum() / (max(int(in_known.sum()), 1) * d)) if in_known.any() else \
+            float(distances.mean() / d)
+        price = settings.bic_scale * (d + 1) / 2 * math.log(max(n, 2)) * 2 * variance  # BIC's price in squared-error units
+        updated, added, trials, chance = centroids.clone(), [], [], []
+        for k in range(K):
+            rows = Z[assignment == k]
+            if rows.shape[0] < 4:
+                trials.append((k, 0, 0.0, None))
+                continue
+            gain, halves = _best_split(rows, rng)
+            trials.append((k, rows.shape[0], gain, halves))
+            if k < C:
+                chance.append(gain / rows.shape[0])
+        per_row = float(np.quantile(chance, settings.chance_quantile)) if chance else 0.0
+
+        def by_chance(rows: float) -> float:
+            return per_row * rows
+        for k, m, gain, halves in trials:
+            if halves is None or gain <= max(price, by_chance(m)):
+                continue
+            keep = int(((halves - anchors[k]) ** 2).sum(1).argmin()) if k < C else 0
+            updated[k], _ = halves[keep], added.append(halves[1 - keep])
+        counts = torch.bincount(assignment, minlength=K).to(Z.dtype)
+        counts[:C] += anchor_weights
+        keep = _merges(centroids, counts, C, price, by_chance, updated)
+        if not added and bool(keep.all()):
+            break
+        centroids = torch.cat([updated[keep]] + ([torch.stack(added)] if added else []))
+        assignment, _ = _kmeans(Z, anchors, anchor_weights, centroids)
+    return centroids
+
+
+def _merges(centroids: Tensor, counts: Tensor, C: int, price: float, by_chance, updated: Tensor) -> Tensor:
+    """Merge each new cluster into its nearest cluster when that costs no more than a split of the union
+    is allowed to gain (``price``, or ``by_chance(rows)``); pairs are disjoint.
+
+    Writes merged means into ``updated``; returns the mask of clusters kept.
+    """
+    K = centroids.shape[0]
+    keep = torch.ones(K, dtype=torch.bool, device=centroids.device)
+    if K == C:
+        return keep
+    gaps = torch.cdist(centroids, centroids) ** 2
+    gaps.fill_diagonal_(float("inf"))
+    gaps[:C, :C] = float("inf")
+    used = torch.zeros(K, dtype=torch.bool)
+    for k in gaps.min(1).values.argsort().tolist():
+        if k < C or used[k]:
+            continue
+        j = int(gaps[k].argmin())
+        if used[j] or not math.isfinite(float(gaps[k, j])):
+            continue
+        cost = float(counts[k] * counts[j] / (counts[k] + counts[j]) * gaps[k, j])
+        if cost <= max(price, by_chance(float(counts[k] + counts[j]))):
+            keep[k] = False
+            used[k] = used[j] = True
+            updated[j] = (centroids[j] * counts[j] + centroids[k] * counts[k]) / (counts[j] + counts[k])
+    return keep
+
+
+def _accepted(model, X: Tensor, device) -> Tensor | None:
+    """Rows the model keeps at its working point (None without one)."""
+    if getattr(model, "threshold_", None) is None:
+        return None
+    return torch.as_tensor(model.score_samples(X) >= model.threshold_, device=device)
+
+
+def _drop_accepted(Z: Tensor, anchors, anchor_weights, centroids: Tensor, accepted: Tensor | None) -> Tensor:
+    """Fold back new clusters whose rows the model mostly accepts: they are modes of known classes."""
+    C = anchors.shape[0]
+    if centroids.shape[0] == C or accepted is None:
+        return centroids
+    assignment, _ = _kmeans(Z, anchors, anchor_weights, centroids)
+    keep = torch.ones(centroids.shape[0], dtype=torch.bool, device=Z.device)
+    for k in range(C, centroids.shape[0]):
+        members = assignment == k
+        if not bool(members.any()) or float(accepted[members].double().mean()) > 0.5:
+            keep[k] = False
+    return centroids[keep]
+
+
+def _swap(Z: Tensor, anchors, anchor_weights, centroids: Tensor, rng) -> Tensor:
+    """Swap moves at fixed K: drop the cheapest new clusters, split the costliest; keep what lowers the objective."""
+    C = anchors.shape[0]
+    if centroids.shape[0] == C:
+        return centroids
+    assignment, best = _kmeans(Z, anchors, anchor_weights, centroids)
+    moves = max(1, (centroids.shape[0] - C) // 4)
+    for _ in range(SWAP_ROUNDS):
+        K = centroids.shape[0]
+        counts = torch.bincount(assignment, minlength=K).to(Z.dtype)
+        counts[:C] += anchor_weights
+        gaps = torch.cdist(centroids, centroids) ** 2
+        gaps.fill_diagonal_(float("inf"))
+        nearest = gaps.min(1)
+        removal = counts * counts[nearest.indices] / (counts + counts[nearest.indices]) * nearest.values
+        removal[:C] = float("inf")
+        drop = removal.argsort()[:moves].tolist()
+        gains = []
+        for k in range(K):
+            rows = Z[assignment == k]
+            if k in drop or rows.shape[0] < 4:
+                gains.append((0.0, k, None))
+                continue
+            farthest = rows[((rows - centroids[k]) ** 2).sum(1).argmax()]
+            gain, halves = _two_means(rows, torch.stack([centroids[k], farthest]))
+            gains.append((gain, k, halves))
+        splits = [g for g in sorted(gains, key=lambda g: -g[0]) if g[2] is not None][:len(drop)]
+        if not splits:
+            break
+        trial = centroids.clone()
+        added = []
+        for _, k, halves in splits:
+            keep = int(((halves - anchors[k]) ** 2).sum(1).argmin()) if k < C else 0
+            trial[k] = halves[keep]
+            added.append(halves[1 - keep])
+        kept = torch.ones(K, dtype=torch.bool, device=Z.device)
+        kept[drop] = False
+        trial = torch.cat([trial[kept], torch.stack(added)])
+        trial_assignment, objective = _kmeans(Z, anchors, anchor_weights, trial)
+        if float(objective) < float(best) - 1e-6:
+            centroids, assignment, best = trial, trial_assignment, objective
+        elif moves > 1:
+            moves //= 2
+        else:
+            break
+    return centroids
+
+
+# ---------------------------------------------------------------------------------------- result
+
+
+def _result(model, X, Z, assignment, centroids, owner, C, n_representatives) -> Discovery:
+    """Name new clusters by decreasing size; known rows get their component's class."""
+    assignment_np = assignment.cpu().numpy()
+    sizes = np.bincount(assignment_np, minlength=centroids.shape[0])
+    new_ids = [k for k in np.argsort(-sizes[C:], kind="stable") + C if sizes[k] > 0]
+    labels = np.empty(X.shape[0], dtype=object)
+    known_rows = assignment_np < C
+    labels[known_rows] = model.classes_[owner[assignment_np[known_rows]]]
+    clusters = []
+    for rank, k in enumerate(new_ids):
+        members = np.flatnonzero(assignment_np == k)
+        name = f"{NEW_PREFIX}{rank}"
+        labels[members] = name
+        index = torch.as_tensor(members, device=Z.device)
+        distances = ((Z[index] - centroids[k]) ** 2).sum(1)
+        nearest = members[distances.argsort().cpu().numpy()[:n_representatives]]
+        center = X[index].double().mean(0).cpu().numpy()
+        clusters.append(NewCluster(name, int(members.size), center, nearest))
+    is_new = ~known_rows
+    if labels.size and all(isinstance(v, str) for v in labels):
+        labels = labels.astype(str)
+    rows = X[torch.as_tensor(np.flatnonzero(is_new), device=X.device)] if is_new.any() else None
+    return Discovery(labels, is_new, clusters, rows)

@@ -1,0 +1,203 @@
+"""Discovery of new classes: synthetic mixtures with a known answer, degenerate inputs, adoption."""
+
+import numpy as np
+import pytest
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import adjusted_rand_score
+
+import openworld as ow
+
+
+def _blobs(n_classes, per_class, d, seed, spread=1.0, separation=6.0):
+    """Gaussian classes with a shared covariance (correlated features, unequal scales)."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(scale=separation / np.sqrt(2), size=(n_classes, d))
+    mixing = rng.normal(size=(d, d)) / np.sqrt(d) + np.eye(d)
+    X = np.concatenate([means[k] + spread * rng.normal(size=(per_class, d)) @ mixing for k in range(n_classes)])
+    y = np.repeat(np.array([f"c{k}" for k in range(n_classes)]), per_class)
+    return X, y
+
+
+def _split(X, y, known, labelled_share, seed):
+    rng = np.random.default_rng(seed)
+    labelled = np.zeros(len(y), bool)
+    for c in known:
+        rows = np.flatnonzero(y == c)
+        labelled[rng.choice(rows, max(2, int(labelled_share * rows.size)), replace=False)] = True
+    return labelled
+
+
+def _accuracy(truth, predicted):
+    """Clustering accuracy under the best one-to-one matching (Hungarian), by brute force on the counts."""
+    t = np.unique(truth, return_inverse=True)[1]
+    p = np.unique(predicted.astype(str), return_inverse=True)[1]
+    counts = np.zeros((p.max() + 1, t.max() + 1))
+    np.add.at(counts, (p, t), 1)
+    rows, cols = linear_sum_assignment(-counts)
+    return counts[rows, cols].sum() / t.size
+
+
+# The protocol of the benchmark in miniature: 20 known classes, 10% of their rows labelled, 6 new classes.
+N_CLASSES, N_KNOWN, PER_CLASS, DIMENSIONS = 26, 20, 100, 64
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    X, y = _blobs(n_classes=N_CLASSES, per_class=PER_CLASS, d=DIMENSIONS, seed=0)
+    known = np.array([f"c{k}" for k in range(N_KNOWN)])
+    labelled = _split(X, y, known, 0.1, seed=0)
+    model = ow.OpenWorld(random_state=0).fit(X[labelled], y[labelled])
+    return model, X[~labelled], y[~labelled], known
+
+
+def test_finds_the_new_classes_and_their_number(mixed):
+    model, X, y, known = mixed
+    result = model.discover(X)
+    assert result.n_new == N_CLASSES - N_KNOWN
+    assert _accuracy(y, result.labels) > 0.95
+    assert adjusted_rand_score(y, result.labels) > 0.9
+    # rows of known classes keep their own label, rows of new classes get a new name
+    new_rows = ~np.isin(y, known)
+    assert np.mean(result.labels[~new_rows] == y[~new_rows]) > 0.95
+    assert np.mean(result.is_new == new_rows) > 0.95
+
+
+def test_clusters_describe_themselves(mixed):
+    model, X, y, _ = mixed
+    result = model.discover(X)
+    sizes = [c.size for c in result.clusters]
+    assert sizes == sorted(sizes, reverse=True)
+    assert sum(sizes) == int(result.is_new.sum())
+    for cluster in result.clusters:
+        members = np.flatnonzero(result.labels == cluster.name)
+        np.testing.assert_allclose(cluster.center, X[members].mean(0), rtol=1e-10, atol=1e-10)
+        assert len(cluster.representatives) == 5
+        assert set(cluster.representatives) <= set(members)
+        # the representatives are of one true class: the one the cluster is mostly made of
+        majority = np.unique(y[members], return_counts=True)
+        assert set(y[cluster.representatives]) == {majority[0][majority[1].argmax()]}
+
+
+def test_fixed_number_of_new_classes(mixed):
+    model, X, y, _ = mixed
+    result = model.discover(X, n_new=N_CLASSES - N_KNOWN)
+    assert result.n_new == N_CLASSES - N_KNOWN
+    assert _accuracy(y, result.labels) > 0.95
+    assert model.discover(X, n_new=0).n_new == 0
+
+
+def test_all_known_rows_find_nothing_new():
+    X, y = _blobs(n_classes=20, per_class=PER_CLASS, d=DIMENSIONS, seed=1)
+    labelled = _split(X, y, np.unique(y), 0.1, seed=1)
+    model = ow.OpenWorld(random_state=0).fit(X[labelled], y[labelled])
+    result = model.discover(X[~labelled])
+    assert result.n_new == 0
+    assert not result.is_new.any()
+    assert np.mean(result.labels == y[~labelled]) > 0.95
+
+
+def test_duplicate_rows_are_one_cluster_each():
+    X, y = _blobs(n_classes=N_CLASSES, per_class=PER_CLASS, d=DIMENSIONS, seed=2)
+    known = np.array([f"c{k}" for k in range(N_KNOWN)])
+    labelled = _split(X, y, known, 0.1, seed=2)
+    model = ow.OpenWorld(random_state=0).fit(X[labelled], y[labelled])
+    X_u, y_u = X[~labelled], y[~labelled]
+    doubled = model.discover(np.concatenate([X_u, X_u]))
+    half = doubled.labels[: len(y_u)]
+    np.testing.assert_array_equal(half, doubled.labels[len(y_u):])  # a row and its copy end up together
+    assert _accuracy(y_u, half) > 0.95
+    assert doubled.n_new == N_CLASSES - N_KNOWN
+    # many copies of one new row: at most one cluster, never a crash
+    copies = np.repeat(X_u[np.isin(y_u, [f"c{N_KNOWN}"])][:1], 50, axis=0)
+    result = model.discover(np.concatenate([X_u[np.isin(y_u, known)], copies]))
+    assert result.n_new <= 1
+
+
+def test_fewer_rows_than_dimensions():
+    X, y = _blobs(n_classes=4, per_class=30, d=200, seed=3, separation=12.0)
+    known = np.array(["c0", "c1", "c2"])
+    labelled = np.isin(y, known) & (np.arange(len(y)) % 30 < 10)
+    model = ow.OpenWorld(random_state=0).fit(X[labelled], y[labelled])
+    X_u, y_u = X[~labelled], y[~labelled]
+    assert X_u.shape[0] < X_u.shape[1]
+    result = model.discover(X_u)
+    assert result.n_new == 1
+    assert _accuracy(y_u, result.labels) > 0.95
+
+
+def test_adopt_equals_a_fit_with_those_rows_labelled(mixed):
+    model, X, _, _ = mixed
+    adopted = ow.OpenWorld(random_state=0).fit(*_fitted_rows(mixed))
+    result = adopted.discover(X)
+    names = [f"intent{i}" for i in range(result.n_new)]
+    adopted.adopt(result, names=names)
+    assert set(names) <= set(adopted.classes_.tolist())
+    reference = ow.OpenWorld(random_state=0).fit(*_fitted_rows(mixed)).partial_fit(
+        X[result.is_new], np.array([names[int(n.split("-")[1])] for n in result.labels[result.is_new]]))
+    np.testing.assert_allclose(adopted.statistics_.means.numpy(), reference.statistics_.means.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(adopted.predict_proba(X), reference.predict_proba(X), rtol=1e-9, atol=1e-12)
+    # the model now names the new classes itself, and known rows were not absorbed
+    assert np.mean(adopted.predict(X[result.is_new]) == np.array(
+        [names[int(n.split("-")[1])] for n in result.labels[result.is_new]])) > 0.9
+    assert adopted.statistics_.weights[:N_KNOWN].sum().item() == pytest.approx(model.statistics_.weights.sum().item())
+
+
+def _fitted_rows(mixed):
+    """The labelled rows the fixture's model was fitted on (rebuilt the same way)."""
+    X, y = _blobs(n_classes=N_CLASSES, per_class=PER_CLASS, d=DIMENSIONS, seed=0)
+    labelled = _split(X, y, mixed[3], 0.1, seed=0)
+    return X[labelled], y[labelled]
+
+
+def test_discover_with_adopt_and_integer_classes():
+    X, y = _blobs(n_classes=N_CLASSES, per_class=PER_CLASS, d=DIMENSIONS, seed=4)
+    y_int = np.array([int(label[1:]) for label in y])
+    labelled = _split(X, y, np.array([f"c{k}" for k in range(N_KNOWN)]), 0.1, seed=4)
+    model = ow.OpenWorld(random_state=0).fit(X[labelled], y_int[labelled])
+    result = model.discover(X[~labelled], adopt=True)
+    assert result.n_new == N_CLASSES - N_KNOWN
+    np.testing.assert_array_equal(model.classes_, np.arange(N_CLASSES))
+
+
+def test_bad_input_is_named():
+    X, y = _blobs(n_classes=3, per_class=20, d=4, seed=5)
+    model = ow.OpenWorld().fit(X, y)
+    with pytest.raises(ValueError, match="n_new"):
+        model.discover(X, n_new=-1)
+    with pytest.raises(ValueError, match="features"):
+        model.discover(X[:, :3])
+    bad = X.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        model.discover(bad)
+    with pytest.raises(ValueError, match="names"):
+        model.adopt(model.discover(X, n_new=2), names=["a", "b", "c"])
+    with pytest.raises(ValueError, match="already classes"):
+        model.adopt(model.discover(X, n_new=2), names=["c0", "z"])
+
+
+def test_command_line_discover_writes_clusters_and_the_adopted_model(tmp_path, mixed):
+    from typer.testing import CliRunner
+
+    import pyarrow.parquet as pq
+
+    from openworld.cli import app
+
+    model, X, y, _ = mixed
+    model.save(tmp_path / "m.safetensors")
+    np.save(tmp_path / "unlabelled.npy", X)
+    result = CliRunner().invoke(app, ["discover", str(tmp_path / "m.safetensors"), str(tmp_path / "unlabelled.npy"),
+                                      "-o", str(tmp_path / "clusters.parquet"), "--adopt", str(tmp_path / "a.safetensors"),
+                                      "--report", str(tmp_path / "d.html")])
+    assert result.exit_code == 0, result.output
+    expected = model.discover(X)
+    table = pq.read_table(tmp_path / "clusters.parquet").to_pydict()
+    np.testing.assert_array_equal(np.asarray(table["cluster"]), expected.labels.astype(str))
+    assert int(np.sum(table["representative"])) == 5 * expected.n_new
+    page = (tmp_path / "d.html").read_text()
+    assert page.count("<circle") >= len(y) and all(name in page for name in expected.names)
+    adopted = ow.OpenWorld.load(tmp_path / "a.safetensors")
+    assert set(expected.names) <= set(adopted.classes_.tolist())
+    bad = CliRunner().invoke(app, ["discover", str(tmp_path / "m.safetensors"), str(tmp_path / "unlabelled.npy"),
+                                   "-o", str(tmp_path / "c.csv"), "--n-new", "many"])
+    assert bad.exit_code != 0 and "--n-new" in bad.output

@@ -43,6 +43,8 @@ O(n·d + K·d) and never n × n.
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,6 +71,8 @@ class Settings:
 EMBEDDING_SETTINGS = Settings(bic_scale=0.5, chance_quantile=0.9, noise_edge=2.0)
 # Other features, where the Gaussian model is taken at its word: plain BIC and the Marchenko-Pastur edge itself.
 GAUSSIAN_SETTINGS = Settings(bic_scale=1.0, chance_quantile=0.9, noise_edge=1.0)
+MIN_NEW_ROWS = 4  # a new class needs at least this many distinct rows
+FOLD_ACCEPTED = 0.5  # a new cluster whose rows the model accepts more often than this is a known mode
 MAX_ROUNDS = 15  # split/merge rounds; each adds or removes components until BIC is satisfied
 SWAP_ROUNDS = 10
 KMEANS_ITERATIONS = 100
@@ -140,14 +144,16 @@ def discover(model, X: Tensor, n_new="auto", *, settings: Settings | None = None
     n = Z.shape[0]
     if n_new == "auto":
         accepted = _accepted(model, X, Z.device)
-        centroids = _split_merge(Z, anchors, anchor_weights, rng, settings)
-        centroids = _drop_accepted(Z, anchors, anchor_weights, centroids, accepted)
+        centroids = _split_merge(Z, anchors, anchor_weights, rng, settings, accepted)
+        centroids = _fold(Z, anchors, anchor_weights, centroids, accepted)
     else:
         k = min(int(n_new), n)
         centroids = torch.cat([anchors, _greedy_seeds(Z, anchors, k, rng)]) if k else anchors
     centroids = _swap(Z, anchors, anchor_weights, centroids, rng)
-    assignment, _ = _kmeans(Z, anchors, anchor_weights, centroids)
-    return _result(model, X_all, Z[copy_of], assignment[copy_of], centroids, owner, C, representatives)
+    assignment, _, centroids = _kmeans(Z, anchors, anchor_weights, centroids, reseed=n_new != "auto")
+    is_first = np.zeros(X_all.shape[0], dtype=bool)  # the first copy of each distinct row
+    is_first[np.unique(copy_of.cpu().numpy(), return_index=True)[1]] = True
+    return _result(model, X_all, Z[copy_of], assignment[copy_of], centroids, owner, C, representatives, is_first)
 
 
 # ------------------------------------------------------------------------------------- the space
@@ -221,24 +227,32 @@ def _assign(Z: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
     return torch.cat(labels), torch.cat(distances)
 
 
-def _kmeans(Z: Tensor, anchors: Tensor, anchor_weights: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
-    """Lloyd iterations where the first C centroids also hold their anchors' weight. Returns (assignment, objective)."""
+def _kmeans(Z: Tensor, anchors: Tensor, anchor_weights: Tensor, centroids: Tensor,
+            reseed: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Lloyd iterations where the first C centroids also hold their anchors' weight. An emptied new
+    cluster stays empty (and is dropped), or with ``reseed`` (a number of new classes was asked for)
+    moves to the worst-fitted row. Returns (assignment, objective, centroids)."""
     C = anchors.shape[0]
     for _ in range(KMEANS_ITERATIONS):
-        assignment, _ = _assign(Z, centroids)
+        assignment, distances = _assign(Z, centroids)
         K = centroids.shape[0]
         counts = torch.bincount(assignment, minlength=K).to(Z.dtype)
         sums = torch.zeros_like(centroids).index_add_(0, assignment, Z)
         counts[:C] += anchor_weights
         sums[:C] += anchor_weights[:, None] * anchors
-        empty = counts == 0
-        updated = torch.where(empty[:, None], centroids, sums / counts.clamp(min=1e-12)[:, None])
-        if torch.allclose(updated, centroids, atol=1e-7):
+        updated = sums / counts.clamp(min=1e-12)[:, None]
+        empty = (counts == 0).nonzero().flatten()
+        if not reseed:
+            updated[empty] = centroids[empty]
+        elif empty.numel():
+            worst = distances.argsort(descending=True)[: empty.numel()]
+            updated[empty[: worst.numel()]] = Z[worst]
+        if updated.shape == centroids.shape and torch.allclose(updated, centroids, atol=1e-7):
             break
         centroids = updated
     assignment, distances = _assign(Z, centroids)
     objective = distances.sum() + (anchor_weights * ((anchors - centroids[:C]) ** 2).sum(1)).sum()
-    return assignment, objective
+    return assignment, objective, centroids
 
 
 def _two_means(rows: Tensor, start: Tensor, iterations: int = 15) -> tuple[float, Tensor | None]:
@@ -269,7 +283,7 @@ def _best_split(rows: Tensor, rng: np.random.Generator, starts: int = 3) -> tupl
 
 def _greedy_seeds(Z: Tensor, existing: Tensor, k: int, rng: np.random.Generator) -> Tensor:
     """k-means++ seeds (greedy, several candidates per seed) continuing from existing centers."""
-    _, nearest = _assign(Z, existing) if existing.shape[0] else (None, torch.full((Z.shape[0],), 4.0, dtype=Z.dtype))
+    _, nearest = _assign(Z, existing)
     trials = 2 + int(math.log(k + 1))
     seeds = []
     for _ in range(k):
@@ -284,13 +298,14 @@ def _greedy_seeds(Z: Tensor, existing: Tensor, k: int, rng: np.random.Generator)
     return torch.stack(seeds) if seeds else Z[:0]
 
 
-def _split_merge(Z: Tensor, anchors: Tensor, anchor_weights: Tensor, rng, settings: Settings) -> Tensor:
+def _split_merge(Z: Tensor, anchors: Tensor, anchor_weights: Tensor, rng, settings: Settings,
+                 accepted: Tensor | None) -> Tensor:
     """Grow new components from the known ones by splits and merges judged by BIC and by what
-    splitting one class gains by chance, measured on the known clusters (one class each)."""
+    splitting one class gains by chance: measured on the known clusters (one class each), on the
+    rows the model accepts, so that new rows a known cluster absorbed do not count as chance."""
     C, d = anchors.shape
     n = Z.shape[0]
-    centroids = anchors.clone()
-    assignment, _ = _kmeans(Z, anchors, anchor_weights, centroids)
+    assignment, _, centroids = _kmeans(Z, anchors, anchor_weights, anchors.clone())
     for _ in range(MAX_ROUNDS):
         K = centroids.shape[0]
         _, distances = _assign(Z, centroids)
@@ -307,29 +322,36 @@ def _split_merge(Z: Tensor, anchors: Tensor, anchor_weights: Tensor, rng, settin
             gain, halves = _best_split(rows, rng)
             trials.append((k, rows.shape[0], gain, halves))
             if k < C:
-                chance.append(gain / rows.shape[0])
+                own = rows if accepted is None else Z[(assignment == k) & accepted]
+                if own.shape[0] >= 4:
+                    chance.append((gain if accepted is None else _best_split(own, rng)[0]) / own.shape[0])
         per_row = float(np.quantile(chance, settings.chance_quantile)) if chance else 0.0
 
         def by_chance(rows: float) -> float:
             return per_row * rows
+        split = torch.zeros(K, dtype=torch.bool, device=Z.device)
         for k, m, gain, halves in trials:
             if halves is None or gain <= max(price, by_chance(m)):
                 continue
             keep = int(((halves - anchors[k]) ** 2).sum(1).argmin()) if k < C else 0
-            updated[k], _ = halves[keep], added.append(halves[1 - keep])
+            updated[k] = halves[keep]
+            added.append(halves[1 - keep])
+            split[k] = True
         counts = torch.bincount(assignment, minlength=K).to(Z.dtype)
         counts[:C] += anchor_weights
-        keep = _merges(centroids, counts, C, price, by_chance, updated)
+        keep = _merges(centroids, counts, C, price, by_chance, updated, split)
         if not added and bool(keep.all()):
             break
         centroids = torch.cat([updated[keep]] + ([torch.stack(added)] if added else []))
-        assignment, _ = _kmeans(Z, anchors, anchor_weights, centroids)
+        assignment, _, centroids = _kmeans(Z, anchors, anchor_weights, centroids)
     return centroids
 
 
-def _merges(centroids: Tensor, counts: Tensor, C: int, price: float, by_chance, updated: Tensor) -> Tensor:
+def _merges(centroids: Tensor, counts: Tensor, C: int, price: float, by_chance, updated: Tensor,
+            split: Tensor) -> Tensor:
     """Merge each new cluster into its nearest cluster when that costs no more than a split of the union
-    is allowed to gain (``price``, or ``by_chance(rows)``); pairs are disjoint.
+    is allowed to gain (``price``, or ``by_chance(rows)``); pairs are disjoint, and a cluster split in
+    this round takes no part.
 
     Writes merged means into ``updated``; returns the mask of clusters kept.
     """
@@ -340,7 +362,7 @@ def _merges(centroids: Tensor, counts: Tensor, C: int, price: float, by_chance, 
     gaps = torch.cdist(centroids, centroids) ** 2
     gaps.fill_diagonal_(float("inf"))
     gaps[:C, :C] = float("inf")
-    used = torch.zeros(K, dtype=torch.bool)
+    used = split.clone().cpu()
     for k in gaps.min(1).values.argsort().tolist():
         if k < C or used[k]:
             continue
@@ -362,18 +384,28 @@ def _accepted(model, X: Tensor, device) -> Tensor | None:
     return torch.as_tensor(model.score_samples(X) >= model.threshold_, device=device)
 
 
-def _drop_accepted(Z: Tensor, anchors, anchor_weights, centroids: Tensor, accepted: Tensor | None) -> Tensor:
-    """Fold back new clusters whose rows the model mostly accepts: they are modes of known classes."""
-    C = anchors.shape[0]
-    if centroids.shape[0] == C or accepted is None:
+def _fold(Z: Tensor, anchors, anchor_weights, centroids: Tensor, accepted: Tensor | None) -> Tensor:
+    """Let the working point settle what is new. A new cluster whose rows the model mostly accepts is a
+    mode of known classes: dropped. A known cluster whose rows it mostly rejects has been taken over by
+    a new class (a lightly weighted component drifts): that class becomes new, the component returns
+    to its anchor."""
+    if accepted is None:
+        warnings.warn("the model has no working point (target_tpr=None): discover cannot check that new "
+                      "clusters are unlike the known classes, and may report modes of known classes as new",
+                      stacklevel=3)
         return centroids
-    assignment, _ = _kmeans(Z, anchors, anchor_weights, centroids)
+    C = anchors.shape[0]
+    assignment, _, centroids = _kmeans(Z, anchors, anchor_weights, centroids)
+    share = torch.zeros(centroids.shape[0], dtype=torch.float64, device=Z.device).index_add_(
+        0, assignment, accepted.double()) / torch.bincount(assignment, minlength=centroids.shape[0]).clamp(min=1)
+    sizes = torch.bincount(assignment, minlength=centroids.shape[0])
     keep = torch.ones(centroids.shape[0], dtype=torch.bool, device=Z.device)
-    for k in range(C, centroids.shape[0]):
-        members = assignment == k
-        if not bool(members.any()) or float(accepted[members].double().mean()) > 0.5:
-            keep[k] = False
-    return centroids[keep]
+    keep[C:] = (share[C:] <= FOLD_ACCEPTED) & (sizes[C:] >= MIN_NEW_ROWS)
+    taken = (share[:C] < 1 - FOLD_ACCEPTED) & (sizes[:C] >= MIN_NEW_ROWS)
+    centroids = centroids.clone()
+    moved = centroids[:C][taken]
+    centroids[:C][taken] = anchors[taken]
+    return torch.cat([centroids[keep], moved])
 
 
 def _swap(Z: Tensor, anchors, anchor_weights, centroids: Tensor, rng) -> Tensor:
@@ -381,7 +413,7 @@ def _swap(Z: Tensor, anchors, anchor_weights, centroids: Tensor, rng) -> Tensor:
     C = anchors.shape[0]
     if centroids.shape[0] == C:
         return centroids
-    assignment, best = _kmeans(Z, anchors, anchor_weights, centroids)
+    assignment, best, centroids = _kmeans(Z, anchors, anchor_weights, centroids)
     moves = max(1, (centroids.shape[0] - C) // 4)
     for _ in range(SWAP_ROUNDS):
         K = centroids.shape[0]
@@ -414,7 +446,7 @@ def _swap(Z: Tensor, anchors, anchor_weights, centroids: Tensor, rng) -> Tensor:
         kept = torch.ones(K, dtype=torch.bool, device=Z.device)
         kept[drop] = False
         trial = torch.cat([trial[kept], torch.stack(added)])
-        trial_assignment, objective = _kmeans(Z, anchors, anchor_weights, trial)
+        trial_assignment, objective, trial = _kmeans(Z, anchors, anchor_weights, trial)
         if float(objective) < float(best) - 1e-6:
             centroids, assignment, best = trial, trial_assignment, objective
         elif moves > 1:
@@ -427,26 +459,40 @@ def _swap(Z: Tensor, anchors, anchor_weights, centroids: Tensor, rng) -> Tensor:
 # ---------------------------------------------------------------------------------------- result
 
 
-def _result(model, X, Z, assignment, centroids, owner, C, n_representatives) -> Discovery:
-    """Name new clusters by decreasing size; known rows get their component's class."""
+def new_names(classes: np.ndarray, count: int) -> list:
+    """Names for ``count`` new classes that no class of the model has: integers continue the numbering,
+    strings are ``new-<i>`` after the highest such name already taken."""
+    if np.issubdtype(classes.dtype, np.number):
+        start = int(classes.max()) + 1 if classes.size else 0
+        return [start + i for i in range(count)]
+    taken = [int(m.group(1)) for c in classes.tolist() if (m := re.fullmatch(re.escape(NEW_PREFIX) + r"(\d+)", str(c)))]
+    start = max(taken) + 1 if taken else 0
+    return [f"{NEW_PREFIX}{start + i}" for i in range(count)]
+
+
+def _result(model, X, Z, assignment, centroids, owner, C, n_representatives, is_first) -> Discovery:
+    """Name new clusters by decreasing size; known rows get their component's class. Labels keep the
+    dtype of the model's classes."""
     assignment_np = assignment.cpu().numpy()
     sizes = np.bincount(assignment_np, minlength=centroids.shape[0])
     new_ids = [k for k in np.argsort(-sizes[C:], kind="stable") + C if sizes[k] > 0]
-    labels = np.empty(X.shape[0], dtype=object)
+    names = new_names(model.classes_, len(new_ids))
+    numeric = np.issubdtype(model.classes_.dtype, np.number)
+    labels = np.empty(X.shape[0], dtype=model.classes_.dtype if numeric else object)
     known_rows = assignment_np < C
     labels[known_rows] = model.classes_[owner[assignment_np[known_rows]]]
     clusters = []
-    for rank, k in enumerate(new_ids):
+    for name, k in zip(names, new_ids):
         members = np.flatnonzero(assignment_np == k)
-        name = f"{NEW_PREFIX}{rank}"
         labels[members] = name
-        index = torch.as_tensor(members, device=Z.device)
+        distinct = members[is_first[members]]  # a repeated row is offered once
+        index = torch.as_tensor(distinct, device=Z.device)
         distances = ((Z[index] - centroids[k]) ** 2).sum(1)
-        nearest = members[distances.argsort().cpu().numpy()[:n_representatives]]
-        center = X[index].double().mean(0).cpu().numpy()
+        nearest = distinct[distances.argsort().cpu().numpy()[:n_representatives]]
+        center = X[torch.as_tensor(members, device=X.device)].double().mean(0).cpu().numpy()
         clusters.append(NewCluster(name, int(members.size), center, nearest))
     is_new = ~known_rows
-    if labels.size and all(isinstance(v, str) for v in labels):
+    if not numeric:
         labels = labels.astype(str)
     rows = X[torch.as_tensor(np.flatnonzero(is_new), device=X.device)] if is_new.any() else None
     return Discovery(labels, is_new, clusters, rows)

@@ -83,7 +83,13 @@ def test_fixed_number_of_new_classes(mixed):
     result = model.discover(X, n_new=N_CLASSES - N_KNOWN)
     assert result.n_new == N_CLASSES - N_KNOWN
     assert _accuracy(y, result.labels) > 0.95
+    for cluster in result.clusters:  # representatives sit at the center, not at a seed
+        members = np.flatnonzero(result.labels == cluster.name)
+        spread = np.linalg.norm(X[members] - cluster.center, axis=1)
+        assert np.linalg.norm(X[cluster.representatives[0]] - cluster.center) <= np.median(spread)
     assert model.discover(X, n_new=0).n_new == 0
+    # more new clusters than there are: the count asked for is returned (extra ones split classes)
+    assert model.discover(X, n_new=N_CLASSES - N_KNOWN + 2).n_new == N_CLASSES - N_KNOWN + 2
 
 
 def test_all_known_rows_find_nothing_new():
@@ -107,10 +113,13 @@ def test_duplicate_rows_are_one_cluster_each():
     np.testing.assert_array_equal(half, doubled.labels[len(y_u):])  # a row and its copy end up together
     assert _accuracy(y_u, half) > 0.95
     assert doubled.n_new == N_CLASSES - N_KNOWN
-    # many copies of one new row: at most one cluster, never a crash
+    # many copies of one new row are one distinct row: no evidence of a class
     copies = np.repeat(X_u[np.isin(y_u, [f"c{N_KNOWN}"])][:1], 50, axis=0)
     result = model.discover(np.concatenate([X_u[np.isin(y_u, known)], copies]))
-    assert result.n_new <= 1
+    assert result.n_new == 0
+    # representatives are distinct rows
+    for cluster in doubled.clusters:
+        assert len({tuple(row) for row in np.concatenate([X_u, X_u])[cluster.representatives]}) == 5
 
 
 def test_fewer_rows_than_dimensions():
@@ -149,13 +158,57 @@ def _fitted_rows(mixed):
     return X[labelled], y[labelled]
 
 
+def test_one_class_model_discovers_the_other_classes():
+    X, y = _blobs(n_classes=4, per_class=150, d=DIMENSIONS, seed=6)
+    normal = y == "c0"
+    model = ow.OpenWorld(random_state=0).fit(X[normal][:50])
+    result = model.discover(X[50:])
+    assert result.n_new == 3
+    assert _accuracy(y[50:], result.labels) > 0.95
+
+
+def test_a_mixture_model_does_not_hand_new_classes_to_its_components():
+    X, y = _blobs(n_classes=N_CLASSES, per_class=PER_CLASS, d=DIMENSIONS, seed=7)
+    known = np.array([f"c{k}" for k in range(N_KNOWN)])
+    labelled = _split(X, y, known, 0.1, seed=7)
+    model = ow.OpenWorld(components=2, random_state=0).fit(X[labelled], y[labelled])
+    result = model.discover(X[~labelled])
+    new_rows = ~np.isin(y[~labelled], known)
+    assert np.mean(result.is_new == new_rows) > 0.95
+    assert abs(result.n_new - (N_CLASSES - N_KNOWN)) <= 1
+
+
+def test_without_a_working_point_it_warns():
+    X, y = _blobs(n_classes=N_KNOWN, per_class=PER_CLASS, d=DIMENSIONS, seed=8)
+    labelled = _split(X, y, np.unique(y), 0.1, seed=8)
+    model = ow.OpenWorld(target_tpr=None).fit(X[labelled], y[labelled])
+    with pytest.warns(UserWarning, match="working point"):
+        model.discover(X[~labelled])
+
+
+def test_names_never_collide_with_classes(mixed):
+    model, X, y, known = mixed
+    twice = ow.OpenWorld(random_state=0).fit(*_fitted_rows(mixed))
+    first = twice.discover(X[np.isin(y, known) | (y == f"c{N_KNOWN}")], adopt=True)
+    assert first.names == ["new-0"]
+    second = twice.discover(X)
+    assert "new-0" not in second.names and second.n_new == N_CLASSES - N_KNOWN - 1
+    assert set(second.labels[~second.is_new]) <= set(twice.classes_.tolist())
+    twice.adopt(second)
+    assert len(twice.classes_) == N_CLASSES
+
+
 def test_discover_with_adopt_and_integer_classes():
     X, y = _blobs(n_classes=N_CLASSES, per_class=PER_CLASS, d=DIMENSIONS, seed=4)
     y_int = np.array([int(label[1:]) for label in y])
     labelled = _split(X, y, np.array([f"c{k}" for k in range(N_KNOWN)]), 0.1, seed=4)
     model = ow.OpenWorld(random_state=0).fit(X[labelled], y_int[labelled])
-    result = model.discover(X[~labelled], adopt=True)
-    assert result.n_new == N_CLASSES - N_KNOWN
+    result = model.discover(X[~labelled])
+    assert result.labels.dtype.kind == "i"  # labels keep the classes' type; new ones continue the numbering
+    assert result.names == list(range(N_KNOWN, N_CLASSES))
+    with pytest.raises(ValueError, match="already classes"):
+        model.adopt(result, names=[0] + list(range(100, 100 + result.n_new - 1)))
+    model.adopt(result)
     np.testing.assert_array_equal(model.classes_, np.arange(N_CLASSES))
 
 

@@ -174,6 +174,22 @@ def validate(seeds=VALIDATION_SEEDS) -> list[dict]:
     return out
 
 
+ACC_TOLERANCE = 0.01
+
+
+def choose_settings(validation: list[dict]):
+    """The validation rule: near-best mean ACC, then the smallest mean error in the number of new classes."""
+    from collections import defaultdict
+
+    by = defaultdict(list)
+    for v in validation:
+        by[v["settings"]].append(v)
+    acc = {s: np.mean([v["acc"] for v in vs]) for s, vs in by.items()}
+    error = {s: np.mean([abs(v["n_new"] - v["true_new"]) for v in vs]) for s, vs in by.items()}
+    best = max(acc.values())
+    return min((s for s in by if acc[s] >= best - ACC_TOLERANCE), key=lambda s: error[s])
+
+
 def scale_run(n_rows: int = 100_000, d: int = 384, seed: int = 0) -> dict:
     """Time and peak memory of discover on n_rows × d synthetic rows on the sphere (80 known, 20 new classes)."""
     import resource
@@ -225,10 +241,15 @@ def render(rows: list[dict], validation: list[dict], scale: dict | None, argv: l
                      f"{f('ari')} | {found} | {np.mean([r['seconds'] for r in rs]):.1f} |")
     lines += ["", "Targets (issue 4, CLINC150, K estimated): ACC ≥ 0.88, NMI ≥ 0.94, new classes within 38 ± 4.", ""]
     if validation:
+        from openworld.discovery import EMBEDDING_SETTINGS
+
+        chosen = choose_settings(validation)
         lines += ["## Validation (CLINC150 train + val rows, no test rows; seeds 100, 101)", "",
-                  "The embedding settings shipped (`openworld.discovery.EMBEDDING_SETTINGS`) were picked from this "
-                  "table: best mean ACC and a number of new classes nearest the truth. Same protocol, scored on the "
-                  "unlabelled train + val rows.", "",
+                  "Same protocol, scored on the unlabelled train + val rows. Rule: among the settings whose mean ACC "
+                  f"is within {ACC_TOLERANCE} of the best, the one whose number of new classes is nearest the truth "
+                  f"(mean absolute error). Chosen: {chosen}; shipped as `openworld.discovery.EMBEDDING_SETTINGS`: "
+                  f"{EMBEDDING_SETTINGS}" + ("" if chosen == EMBEDDING_SETTINGS else " — **they differ: update the "
+                                             "library**") + ".", "",
                   "| seed | BIC scale | chance quantile | noise edge | new classes (true) | ACC | NMI |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {v['seed']} | {v['settings'].bic_scale} | {v['settings'].chance_quantile} | "

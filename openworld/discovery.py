@@ -68,7 +68,7 @@ class Settings:
 
 # Normalised embeddings: chosen on validation splits of CLINC150's training and validation rows
 # (benchmarks/discovery.py --validate; the test split is not used).
-EMBEDDING_SETTINGS = Settings(bic_scale=0.5, chance_quantile=0.9, noise_edge=2.0)
+EMBEDDING_SETTINGS = Settings(bic_scale=1.0, chance_quantile=0.9, noise_edge=2.0)
 # Other features, where the Gaussian model is taken at its word: plain BIC and the Marchenko-Pastur edge itself.
 GAUSSIAN_SETTINGS = Settings(bic_scale=1.0, chance_quantile=0.9, noise_edge=1.0)
 MIN_NEW_ROWS = 4  # a new class needs at least this many distinct rows

@@ -324,16 +324,26 @@ def write_report(rows: list[dict], loads: dict, accuracy: dict, cases, full: boo
 METHOD_NOTES = """
 ## How openworld reaches the floor
 
-- **Fit.** Rows are sorted by class once and gathered a group of whole classes at a time (≤ 65,536 rows);
-  per group: class means (float64 sums), centering in place, then one float32 `RᵀR` per class into the
-  (C, d, d) scatters — all classes together are one `XᵀX` worth of products, each row is read once, and no
-  merge is needed (a class larger than a group is cut into pieces merged exactly by Chan's update).
-  Products are computed in float32 and summed in float64; float64 input stays float64 throughout
-  (`partial_fit == fit`, `forget`, `unlearn` hold to 1e-8 there).
+- **Fit.** Rows are sorted by class once (a radix sort of the class numbers). Each class's rows are gathered
+  (at most 16 MB at a time; a larger class is cut into pieces merged exactly by Chan's update), centered at
+  the class mean (float64 sums) and multiplied as one symmetric rank-k update — BLAS `syrk` through scipy's
+  Cython BLAS, which computes one triangle: half the products of `RᵀR` — mirrored into the float64 (C, d, d)
+  scatters. All classes together are *half* an `XᵀX` of products, each row is read once, and the pooled
+  within-class scatter is summed on the way. Products are float32 for float32 input and summed in float64;
+  float64 input stays float64 throughout (`partial_fit == fit`, `forget`, `unlearn` hold to 1e-8 there).
 - **Working point.** The default fit also scores up to 20,000 of its rows with 5 fold models. For a tied
-  covariance a fold model needs only its *pooled* statistics, obtained from the fold's rows and one read of
-  the per-class scatters for all folds (`ClassStatistics.pooled_without`), never a (C, d, d) difference per
-  fold; its cost is fixed, so it weighs most at small N (the `target_tpr=None` rows show the fit without it).
+  covariance a fold model needs only its *pooled* statistics, obtained from the fold's rows (one `syrk` each)
+  and one read of the per-class scatters for all folds (`ClassStatistics.pooled_without`), never a (C, d, d)
+  difference per fold; the background factor of each fold model comes from a C×C Cholesky factor
+  (Woodbury) instead of an SVD. Its cost is fixed, so it weighs most at small N (the `target_tpr=None` rows
+  show the fit without it).
+- **Threads.** Fit does not lean on torch's intra-op parallelism for its many small operations. Classes,
+  folds and pieces of the scoring are tasks that `torch.get_num_threads()` Python threads pull in turn, each
+  running single-threaded kernels that release the GIL (torch set to one thread and the BLAS libraries to one
+  thread, through threadpoolctl, while the fit's own work runs). A thread that the operating system
+  deschedules holds back only its current task, where a parallel region per operation would wait for it
+  every time: before this, a 2-thread fit on a loaded machine took 28 times its floor (one SVD of a
+  150 × 384 matrix alone took seconds).
 - **predict_proba** (tied) is linear in x: one n×d×C product plus a softmax, less than the floor when C < d.
   With C > d the n×d×C product and the n×C softmax are more than `X·W`, so the ratio exceeds 1 there.
 - **score_samples** (tied, relative Mahalanobis): `D₀ − min_k D_k = 2 max_k ℓ_k − ‖(x − c) F‖²` with ℓ_k the
@@ -342,10 +352,9 @@ METHOD_NOTES = """
 - **covariance="full"** scoring whitens with all C class matrices in one (n×d×Cd) product, chunked to
   256 MB: cost ≈ 2·d²·(C + 1) flops per row (C class whitenings and the background), memory C·d² for the
   whiteners. It is C/2 times the tied floor by construction; the table reports its rows/s as time for N rows.
-- **Two threads on a loaded machine.** Fit runs one product per class (a parallel region each); when
-  another job holds one of the two cores, every region waits for the descheduled thread, so 2-thread fits
-  (and scikit-learn's, for the same reason) can be several times slower than 1-thread ones. Compare the
-  load averages above; the 1-thread columns show the cost of the algorithm itself.
+- **Two threads on a loaded machine.** When another job holds one of the two cores, a 2-thread product
+  (the floor, scikit-learn's LDA) runs barely faster, or slower, than a 1-thread one; compare the load
+  averages above. The 1-thread columns show the cost of the algorithms themselves.
 - **Peers.** scikit-learn's LDA (lsqr, Ledoit-Wolf) computes its covariance in float64; pytorch-ood's
   Mahalanobis fits in a Python loop over classes and scores with one (n×d×d) product per class; its GMM
   detector keeps one covariance per class and scores class by class.

@@ -26,7 +26,7 @@ from openworld.core.covariance import (
 )
 from openworld.core.gaussian import GaussianHead, TiedRelativeScorer
 from openworld.core.mixture import fit_class_components, segment_logsumexp, validate_components
-from openworld.core.statistics import ClassStatistics
+from openworld.core.statistics import ClassStatistics, one_torch_thread, parallel
 from openworld.core.working_point import HeldOutScores, conformal_threshold, validate_target_tpr
 from openworld.io.persistence import ModelFileError, read_model_file, write_model_file
 
@@ -163,16 +163,19 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         self.n_features_in_ = state.statistics.n_features
         self.statistics_ = state.statistics
         self.component_class_ = np.arange(len(self.classes_))
-        self._refresh()
-        self._place_working_point(sample)
+        # Small dense algebra and fold models: single-threaded torch, independent tasks on Python threads.
+        workers = torch.get_num_threads()
+        with one_torch_thread():
+            self._refresh()
+            self._place_working_point(sample, workers)
         return self
 
-    def _place_working_point(self, sample: RowSample) -> None:
+    def _place_working_point(self, sample: RowSample, workers: int | None = None) -> None:
         self.threshold_, self.held_out_scores_ = None, None
         if self.target_tpr is not None and self.working_point == "gaussian":
             self.threshold_ = self._gaussian_threshold()
         elif self.target_tpr is not None:
-            self.held_out_scores_ = self._cross_fitted_scores(sample, float(self.statistics_.weights.sum()))
+            self.held_out_scores_ = self._cross_fitted_scores(sample, float(self.statistics_.weights.sum()), workers)
             self.threshold_ = conformal_threshold(self.held_out_scores_.values, self.target_tpr)
 
     def _fit_from_rows(self, X, y, sample_weight):
@@ -778,46 +781,69 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             self.statistics_ = ClassStatistics.concat([self.statistics_, stats])
             self.component_class_ = np.concatenate([self.component_class_, owners])
 
-    def _cross_fitted_scores(self, sample: RowSample, represented: float) -> HeldOutScores:
+    def _cross_fitted_scores(self, sample: RowSample, represented: float, workers: int | None = None) -> HeldOutScores:
         """Held-out scores of the sampled rows, each from a model without its fold.
 
         The fold's statistics are subtracted from the model's, so every fold
         model is exact and costs one covariance build, not a refit.
         ``represented`` is the weight of all the rows the sample stands for.
+        Fold models are built, and their rows scored, as independent tasks on
+        ``workers`` threads (default: torch's thread count).
         """
         if sample.rows is None:
             return HeldOutScores(np.empty(0), np.empty(0, dtype=np.int64), represented)
         X, weights = sample.rows, sample.weights
         class_index = self._class_index(sample.labels, X.device)
         fold_of_row = sample.folds(WORKING_POINT_FOLDS)
-        values, classes = [], []
         C = len(self.classes_)
-        folds = [torch.as_tensor(np.flatnonzero(fold_of_row == fold), device=X.device) for fold in np.unique(fold_of_row)]
+        n_folds = int(fold_of_row.max()) + 1
+        if np.array_equal(fold_of_row, np.arange(fold_of_row.size) % n_folds):
+            folds = [slice(f, None, n_folds) for f in range(n_folds)]  # rows in priority order: views, no gathers
+        else:
+            folds = [torch.as_tensor(np.flatnonzero(fold_of_row == f), device=X.device) for f in np.unique(fold_of_row)]
+        parts = [(X[rows], class_index[rows], weights[rows]) for rows in folds]
         # A tied model needs only pooled statistics of each fold model: no (C, d, d) arithmetic per fold.
         pooled = (
-            self.statistics_.pooled_without([(X[rows], class_index[rows], weights[rows]) for rows in folds])
+            self.statistics_.pooled_without(parts, workers)
             if self.covariance == "tied" and not self._is_mixture()
             else None
         )
-        for f, rows in enumerate(folds):
+
+        def fold_heads(f):
+            X_f, index_f, weights_f = parts[f]
             if pooled is not None:
                 remaining = pooled[f]
             elif self._is_mixture():
-                removed = ClassStatistics.from_responsibilities(X[rows], self._responsibilities(X[rows], class_index[rows]))
-                remaining = self.statistics_.subtract(removed)
+                remaining = self.statistics_.subtract(
+                    ClassStatistics.from_responsibilities(X_f, self._responsibilities(X_f, index_f))
+                )
             else:
-                remaining = self.statistics_.subtract(ClassStatistics.from_rows(X[rows], class_index[rows], C, weights[rows]))
+                remaining = self.statistics_.subtract(ClassStatistics.from_rows(X_f, index_f, C, weights_f))
             if float(remaining.weights.sum()) <= 0:
-                continue
+                return None
             head, second = self._heads(remaining)
-            fold_scores, _ = self._evaluate(
-                X[rows], want_log_joint=False, heads=(head.to(X.dtype, X.device), second and second.to(X.dtype, X.device))
-            )
-            values.append(fold_scores.double().cpu().numpy())
-            classes.append(class_index[rows].cpu().numpy())
+            return head.to(X.dtype, X.device), second and second.to(X.dtype, X.device)
+
+        heads = parallel(fold_heads, len(folds), workers)
+        # Scoring: each fold's rows in a piece (a view) per thread, so the threads stay evenly loaded.
+        pieces = max(1, torch.get_num_threads() if workers is None else workers)
+        tasks = [
+            (f, rows, index)
+            for f, (X_f, index_f, _) in enumerate(parts)
+            if heads[f] is not None
+            for rows, index in zip(X_f.tensor_split(pieces), index_f.tensor_split(pieces))
+            if rows.shape[0]
+        ]
+        values = parallel(
+            lambda t: self._evaluate(tasks[t][1], want_log_joint=False, heads=heads[tasks[t][0]])[0], len(tasks), workers
+        )
         if not values:
             return HeldOutScores(np.empty(0), np.empty(0, dtype=np.int64), represented)
-        return HeldOutScores(np.concatenate(values), np.concatenate(classes), represented)
+        return HeldOutScores(
+            torch.cat(values).double().cpu().numpy(),
+            torch.cat([index for _, _, index in tasks]).cpu().numpy(),
+            represented,
+        )
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -78,10 +78,11 @@ class RowSample:
 
     def offer(self, X: Tensor, labels: np.ndarray, weights: Tensor | None, priorities: np.ndarray) -> RowSample:
         """This sample and the rows of a new chunk, keeping the ``capacity`` smallest priorities."""
-        w = torch.ones(X.shape[0], dtype=torch.float64, device=X.device) if weights is None else weights
-        keep = np.argsort(priorities, kind="stable")[: self.capacity]
+        keep = _smallest(priorities, self.capacity)
         index = torch.as_tensor(keep, device=X.device)
-        chunk = RowSample(self.capacity, X[index], labels[keep], w[index], priorities[keep])
+        w = torch.ones(keep.size, dtype=torch.float64, device=X.device) if weights is None else weights.index_select(0, index)
+        # index_select: several times faster than X[index] on CPU for a gather of whole rows
+        chunk = RowSample(self.capacity, X.index_select(0, index), labels[keep], w, priorities[keep])
         return chunk if self.rows is None else self.merge(chunk)
 
     def merge(self, other: RowSample) -> RowSample:
@@ -93,11 +94,24 @@ class RowSample:
         labels = np.concatenate([self.labels, other.labels])
         weights = torch.cat([self.weights, other.weights.to(self.weights.device)])
         priorities = np.concatenate([self.priorities, other.priorities])
-        keep = np.argsort(priorities, kind="stable")[: self.capacity]
+        keep = _smallest(priorities, self.capacity)
         index = torch.as_tensor(keep, device=rows.device)
-        return RowSample(self.capacity, rows[index], labels[keep], weights[index], priorities[keep])
+        return RowSample(
+            self.capacity, rows.index_select(0, index), labels[keep], weights.index_select(0, index), priorities[keep]
+        )
 
     def folds(self, n_folds: int) -> np.ndarray:
         """Fold of each sampled row (m,): by rank of priority, so the split is fixed by the priorities."""
-        rank = np.argsort(np.argsort(self.priorities, kind="stable"), kind="stable")
+        if self.priorities.size and bool((np.diff(self.priorities) >= 0).all()):
+            rank = np.arange(self.priorities.size)  # offer and merge keep the rows in priority order
+        else:
+            rank = np.argsort(np.argsort(self.priorities, kind="stable"), kind="stable")
         return rank % max(1, min(n_folds, rank.size))
+
+
+def _smallest(priorities: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` smallest priorities in ascending order (ties by position): a stable argsort's first k."""
+    if priorities.size <= k:
+        return np.argsort(priorities, kind="stable")
+    index = np.argpartition(priorities, k - 1)[:k]
+    return index[np.lexsort((index, priorities[index]))]

@@ -103,8 +103,12 @@ class GaussianHead:
 
     @property
     def tied_linear(self) -> Tensor:
-        """(d, C) ``W m_kᵀ``: for a tied covariance, ``z·m_k = (x − c) · (W m_k)``, linear in x."""
-        return self.whitener @ self.whitened_means.T
+        """(d, C) ``W m_kᵀ``: for a tied covariance, ``z·m_k = (x − c) · (W m_k)``, linear in x (computed once)."""
+        linear = self.__dict__.get("_tied_linear")
+        if linear is None:  # the fields are never written, so the product cannot go stale; two threads may both compute it
+            linear = self.whitener @ self.whitened_means.T
+            object.__setattr__(self, "_tied_linear", linear)
+        return linear
 
     def tied_logits(self, X: Tensor, linear: Tensor) -> Tensor:
         """(n, C) log joints of a tied head up to a term shared by every class (−½‖z‖² and constants).
@@ -213,8 +217,10 @@ class TiedRelativeScorer:
     scatter, rank < C), ``D₀ − D_k = 2 ℓ_k − (x − c)ᵀ (P − P₀) (x − c)`` where
     ``ℓ_k = (x − c)·P a_k − ½ a_kᵀ P a_k`` (a_k = μ_k − c) are the LDA logits
     without priors. In whitened coordinates B is MᵀM, M (C, d) the whitened means
-    scaled by √(w_k / W); with M = U S Vᵀ, ``P − P₀ = W V diag(s² / (1 + s²)) Vᵀ Wᵀ = F Fᵀ``
-    (rank < C, and at most d). The score ``2 max_k ℓ_k − ‖(x − c) F‖²`` costs
+    scaled by √(w_k / W); by Woodbury, ``P − P₀ = W Mᵀ (I + M Mᵀ)⁻¹ M Wᵀ = F Fᵀ`` with
+    ``F = W Mᵀ L⁻ᵀ``, ``L Lᵀ = I + M Mᵀ`` (C × C, eigenvalues ≥ 1: a well-conditioned Cholesky,
+    no SVD). With C > d, or means thousands of standard deviations apart, the same is
+    ``W V diag(s² / (1 + s²)) Vᵀ Wᵀ`` from the SVD M = U S Vᵀ (rank at most d). The score ``2 max_k ℓ_k − ‖(x − c) F‖²`` costs
     n·d·(C + rank F) instead of n·d·(2d + C), and does not cancel two large
     distances against each other.
     """
@@ -225,6 +231,14 @@ class TiedRelativeScorer:
     def build(cls, head: GaussianHead, weights: Tensor) -> TiedRelativeScorer:
         """From a tied head and the class weights (C,) that define the background's between-class scatter."""
         M = torch.sqrt(weights / weights.sum())[:, None] * head.whitened_means
+        if M.shape[0] <= M.shape[1]:
+            gram = M @ M.T
+            # Class means within a thousand standard deviations: the Cholesky factor is accurate. Beyond (and
+            # in degenerate fits, where shrinkage had to add a ridge), the SVD keeps each direction exact.
+            if float(torch.diagonal(gram).max()) < 1e6:
+                L, info = torch.linalg.cholesky_ex(gram + torch.eye(M.shape[0], dtype=M.dtype, device=M.device))
+                if int(info) == 0:
+                    return cls(head.whitener @ torch.linalg.solve_triangular(L, M, upper=False).T)
         _, s, Vh = torch.linalg.svd(M, full_matrices=False)
         keep = s > torch.finfo(s.dtype).eps * s.max()  # directions the classes do not span carry nothing
         return cls(head.whitener @ (Vh[keep].T * (s[keep] / torch.hypot(torch.ones_like(s[keep]), s[keep]))))
@@ -235,6 +249,7 @@ class TiedRelativeScorer:
     def scores(self, X: Tensor, head: GaussianHead, linear: Tensor) -> tuple[Tensor, Tensor]:
         """(n,) relative Mahalanobis scores of ``X: (n, d)`` and (n, C) log joints up to a per-row constant."""
         Xc = X - head.center
-        logits = Xc @ linear - 0.5 * head.mean_norms
-        logits = torch.where(torch.isfinite(head.log_priors), logits, torch.full_like(logits, -math.inf))
-        return 2 * logits.max(dim=1).values - (Xc @ self.factor).square().sum(1), logits + head.log_priors
+        # The bias (C,) carries −½‖m_k‖² and −inf for classes that cannot be predicted: one fused product.
+        bias = torch.where(torch.isfinite(head.log_priors), -0.5 * head.mean_norms, -math.inf)
+        logits = torch.addmm(bias, Xc, linear)
+        return 2 * logits.max(dim=1).values - torch.linalg.vector_norm(Xc @ self.factor, dim=1).square(), logits + head.log_priors

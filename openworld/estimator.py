@@ -9,6 +9,8 @@ arithmetic on the statistics, so they equal a refit.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -26,7 +28,7 @@ from openworld.core.covariance import (
 )
 from openworld.core.gaussian import GaussianHead, TiedRelativeScorer
 from openworld.core.mixture import fit_class_components, segment_logsumexp, validate_components
-from openworld.core.statistics import ClassStatistics, one_torch_thread, parallel
+from openworld.core.statistics import ClassStatistics, one_torch_thread, run_tasks
 from openworld.core.working_point import HeldOutScores, conformal_threshold, validate_target_tpr
 from openworld.io.persistence import ModelFileError, read_model_file, write_model_file
 
@@ -166,16 +168,21 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         # Small dense algebra and fold models: single-threaded torch, independent tasks on Python threads.
         workers = torch.get_num_threads()
         with one_torch_thread():
-            self._refresh()
-            self._place_working_point(sample, workers)
+            if self._uses_held_out_working_point() and sample.rows is not None:
+                self._place_working_point(sample, workers, refresh=True)  # the model's heads beside the fold models'
+            else:
+                self._refresh()
+                self._place_working_point(sample, workers)
         return self
 
-    def _place_working_point(self, sample: RowSample, workers: int | None = None) -> None:
+    def _place_working_point(self, sample: RowSample, workers: int | None = None, refresh: bool = False) -> None:
+        """Threshold at the working point; ``refresh``: the heads are built here too (``_refresh``), as one more task."""
         self.threshold_, self.held_out_scores_ = None, None
         if self.target_tpr is not None and self.working_point == "gaussian":
             self.threshold_ = self._gaussian_threshold()
         elif self.target_tpr is not None:
-            self.held_out_scores_ = self._cross_fitted_scores(sample, float(self.statistics_.weights.sum()), workers)
+            represented = float(self.statistics_.weights.sum())
+            self.held_out_scores_ = self._cross_fitted_scores(sample, represented, workers, refresh)
             self.threshold_ = conformal_threshold(self.held_out_scores_.values, self.target_tpr)
 
     def _fit_from_rows(self, X, y, sample_weight):
@@ -781,67 +788,79 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             self.statistics_ = ClassStatistics.concat([self.statistics_, stats])
             self.component_class_ = np.concatenate([self.component_class_, owners])
 
-    def _cross_fitted_scores(self, sample: RowSample, represented: float, workers: int | None = None) -> HeldOutScores:
+    def _cross_fitted_scores(
+        self, sample: RowSample, represented: float, workers: int | None = None, refresh: bool = False
+    ) -> HeldOutScores:
         """Held-out scores of the sampled rows, each from a model without its fold.
 
         The fold's statistics are subtracted from the model's, so every fold
         model is exact and costs one covariance build, not a refit.
         ``represented`` is the weight of all the rows the sample stands for.
-        Fold models are built, and their rows scored, as independent tasks on
-        ``workers`` threads (default: torch's thread count).
+        Fold models are built, and their rows scored, as tasks on ``workers``
+        threads (default: torch's thread count); with ``refresh`` the model's
+        own heads (``_refresh``) are built as one more task, before any fold
+        model's (which read the resolved score).
         """
         if sample.rows is None:
+            if refresh:
+                self._refresh()
             return HeldOutScores(np.empty(0), np.empty(0, dtype=np.int64), represented)
         X, weights = sample.rows, sample.weights
         class_index = self._class_index(sample.labels, X.device)
-        fold_of_row = sample.folds(WORKING_POINT_FOLDS)
         C = len(self.classes_)
-        n_folds = int(fold_of_row.max()) + 1
-        if np.array_equal(fold_of_row, np.arange(fold_of_row.size) % n_folds):
-            folds = [slice(f, None, n_folds) for f in range(n_folds)]  # rows in priority order: views, no gathers
-        else:
-            folds = [torch.as_tensor(np.flatnonzero(fold_of_row == f), device=X.device) for f in np.unique(fold_of_row)]
+        # Rows in priority order: each fold is a slice (a view, no gather).
+        folds = [s if isinstance(s, slice) else torch.as_tensor(s, device=X.device) for s in sample.fold_selections(WORKING_POINT_FOLDS)]
         parts = [(X[rows], class_index[rows], weights[rows]) for rows in folds]
-        # A tied model needs only pooled statistics of each fold model: no (C, d, d) arithmetic per fold.
-        pooled = (
-            self.statistics_.pooled_without(parts, workers)
-            if self.covariance == "tied" and not self._is_mixture()
-            else None
-        )
+        pieces = max(1, torch.get_num_threads() if workers is None else workers)  # scoring tasks per fold
+        refreshed = threading.Event()
+        scored = {}  # (fold, piece) -> (scores, class indices)
 
-        def fold_heads(f):
-            X_f, index_f, weights_f = parts[f]
-            if pooled is not None:
-                remaining = pooled[f]
-            elif self._is_mixture():
-                remaining = self.statistics_.subtract(
-                    ClassStatistics.from_responsibilities(X_f, self._responsibilities(X_f, index_f))
-                )
-            else:
-                remaining = self.statistics_.subtract(ClassStatistics.from_rows(X_f, index_f, C, weights_f))
+        def refresh_task():
+            try:
+                self._refresh()
+            finally:
+                refreshed.set()
+            return []
+
+        def fold_model(f, remaining):
+            """The fold model's heads, then its rows' scoring in a piece (a view) per thread."""
             if float(remaining.weights.sum()) <= 0:
-                return None
+                return []
+            refreshed.wait()  # _heads reads the resolved score; the refresh task was taken first
             head, second = self._heads(remaining)
-            return head.to(X.dtype, X.device), second and second.to(X.dtype, X.device)
+            heads = head.to(X.dtype, X.device), second and second.to(X.dtype, X.device)
+            X_f, index_f, _ = parts[f]
+            return [
+                lambda i=i, rows=rows, index=index: scored.__setitem__(
+                    (f, i), (self._evaluate(rows, want_log_joint=False, heads=heads)[0], index)
+                )
+                for i, (rows, index) in enumerate(zip(X_f.tensor_split(pieces), index_f.tensor_split(pieces)))
+                if rows.shape[0]
+            ]
 
-        heads = parallel(fold_heads, len(folds), workers)
-        # Scoring: each fold's rows in a piece (a view) per thread, so the threads stay evenly loaded.
-        pieces = max(1, torch.get_num_threads() if workers is None else workers)
-        tasks = [
-            (f, rows, index)
-            for f, (X_f, index_f, _) in enumerate(parts)
-            if heads[f] is not None
-            for rows, index in zip(X_f.tensor_split(pieces), index_f.tensor_split(pieces))
-            if rows.shape[0]
-        ]
-        values = parallel(
-            lambda t: self._evaluate(tasks[t][1], want_log_joint=False, heads=heads[tasks[t][0]])[0], len(tasks), workers
-        )
+        def removed_rows(f):
+            refreshed.wait()  # a mixture's responsibilities read the model's heads
+            X_f, index_f, weights_f = parts[f]
+            if self._is_mixture():
+                return self.statistics_.subtract(ClassStatistics.from_responsibilities(X_f, self._responsibilities(X_f, index_f)))
+            return self.statistics_.subtract(ClassStatistics.from_rows(X_f, index_f, C, weights_f))
+
+        tasks = [refresh_task] if refresh else []
+        if not refresh:
+            refreshed.set()
+        if self.covariance == "tied" and not self._is_mixture():
+            # A tied model needs only pooled statistics of each fold model: no (C, d, d) arithmetic per fold.
+            tasks += self.statistics_.pooled_without_tasks(parts, lambda f, pooled: [lambda: fold_model(f, pooled)])
+        else:
+            tasks += [lambda f=f: fold_model(f, removed_rows(f)) for f in range(len(parts))]
+        with one_torch_thread():  # the tasks' own operations stay single-threaded (already so within a fit)
+            run_tasks(tasks, pieces)
+        values = [scored[key] for key in sorted(scored)]
         if not values:
             return HeldOutScores(np.empty(0), np.empty(0, dtype=np.int64), represented)
         return HeldOutScores(
-            torch.cat(values).double().cpu().numpy(),
-            torch.cat([index for _, _, index in tasks]).cpu().numpy(),
+            torch.cat([v for v, _ in values]).double().cpu().numpy(),
+            torch.cat([index for _, index in values]).cpu().numpy(),
             represented,
         )
 

@@ -109,6 +109,15 @@ class RowSample:
         return rank % max(1, min(n_folds, rank.size))
 
 
+    def fold_selections(self, n_folds: int) -> list:
+        """Rows of each fold (:meth:`folds`): slices (views of the rows) when they are in priority order, else indices."""
+        fold_of_row = self.folds(n_folds)
+        count = int(fold_of_row.max()) + 1 if fold_of_row.size else 0
+        if np.array_equal(fold_of_row, np.arange(fold_of_row.size) % max(count, 1)):
+            return [slice(f, None, count) for f in range(count)]
+        return [np.flatnonzero(fold_of_row == f) for f in np.unique(fold_of_row)]
+
+
 def _smallest(priorities: np.ndarray, k: int) -> np.ndarray:
     """Positions of the ``k`` smallest priorities in ascending order (ties by position): a stable argsort's first k."""
     if priorities.size <= k:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -252,44 +253,66 @@ class ClassStatistics:
         without forming a (C, d, d) result per part. Moments of the remainder
         about its means μ_r: the whole class's via :meth:`about`, minus the
         part's rows about μ_r directly; a class the part empties drops out.
-        Independent products run on ``workers`` threads (:func:`parallel`).
+        Independent products run on ``workers`` threads (:func:`run_tasks`).
         """
+        out = [None] * len(parts)
+
+        def keep(f, pooled):
+            out[f] = pooled
+            return []
+
+        run_tasks(self.pooled_without_tasks(parts, keep), workers)
+        return out
+
+    def pooled_without_tasks(self, parts: list[tuple[Tensor, Tensor, Tensor]], then) -> list:
+        """:meth:`pooled_without` as tasks for :func:`run_tasks`: ``then(f, pooled)`` is called as soon as part
+        ``f`` is done and returns the tasks that follow it (a fold model, its scoring)."""
+        if not parts:
+            return []
         trace = torch.diagonal(self.scatters, dim1=-2, dim2=-1).sum(-1)
         total_scatter = self._pooled_scatter()
-        kept, remainders, means, deltas = [], [], [], []
         units = [bool((w == 1).all()) for _, _, w in parts]  # unweighted rows (the usual sample): no products by w
-        for (X, class_index, w), unit in zip(parts, units):
-            removed = torch.zeros_like(self.weights).index_add_(0, class_index, w)
-            sums = torch.zeros_like(self.means).index_add_(0, class_index, X.to(STAT_DTYPE) if unit else X.to(STAT_DTYPE) * w[:, None])
+        remainders = [None] * len(parts)
+        bounds = np.linspace(0, self.n_classes, max(1, min(self.n_classes, 8)) + 1).round().astype(int).tolist()
+        blocks = [None] * (len(bounds) - 1)
+        lock, waiting = threading.Lock(), [len(parts), len(blocks)]
+
+        def remainder(f):
+            """The remainder's class weights, means and shift δ = μ − μ_r (C, d); the last one starts the S δ blocks."""
+            removed, sums = _removal(*parts[f], self.n_classes)
             remaining = self.weights - removed
             keep = remaining > 1e-9 * torch.clamp(self.weights, min=1.0)
             safe = torch.where(keep, remaining, 1.0)[:, None]
             mean = torch.where(keep[:, None], (self.weights[:, None] * self.means - sums) / safe, 0.0)
-            kept.append(keep)
-            remainders.append(torch.where(keep, remaining, 0.0))
-            means.append(mean)
-            deltas.append(torch.where(keep[:, None], self.means - mean, 0.0))
-        # S δ for every class and part at once: (C, d, d) @ (C, d, parts), a block of classes per task.
-        stacked = torch.stack(deltas, dim=2)
-        bounds = np.linspace(0, self.n_classes, max(1, min(self.n_classes, 8)) + 1).round().astype(int).tolist()
-        S_delta = torch.cat(
-            parallel(
-                lambda b: torch.bmm(self.scatters[bounds[b] : bounds[b + 1]], stacked[bounds[b] : bounds[b + 1]]),
-                len(bounds) - 1,
-                workers,
-            )
-        )
-        centered = []  # each part's kept rows about their remainder's means, with their weights
-        for f, (X, class_index, w) in enumerate(parts):
-            rows = kept[f][class_index]
+            delta = torch.where(keep[:, None], self.means - mean, 0.0)
+            remainders[f] = keep, torch.where(keep, remaining, 0.0), mean, delta
+            with lock:
+                waiting[0] -= 1
+                if waiting[0]:
+                    return []
+            stacked = torch.stack([r[3] for r in remainders], dim=2)
+            return [lambda b=b: block(b, stacked) for b in range(len(blocks))]
+
+        def block(b, stacked):
+            """S δ for a block of classes and every part: (c, d, d) @ (c, d, parts); the last one starts the parts."""
+            blocks[b] = torch.bmm(self.scatters[bounds[b] : bounds[b + 1]], stacked[bounds[b] : bounds[b + 1]])
+            with lock:
+                waiting[1] -= 1
+                if waiting[1]:
+                    return []
+            S_delta = torch.cat(blocks)
+            return [lambda f=f: finish(f, S_delta) for f in range(len(parts))]
+
+        def finish(f, S_delta):
+            """The part's rows about the remainder's means (a syrk), and the remainder's pooled moments."""
+            X, class_index, w = parts[f]
+            keep, remaining, mean, delta = remainders[f]
+            rows = keep[class_index]
             if bool(rows.all()):  # no class emptied: no gather
-                centered.append((X - means[f].to(X.dtype).index_select(0, class_index), w))
+                R = X - mean.to(X.dtype).index_select(0, class_index)
             else:
-                centered.append((X[rows] - means[f][class_index[rows]].to(X.dtype), w[rows]))
-        grams = weighted_grams([(R, None if unit else w) for (R, w), unit in zip(centered, units)], workers)
-        out = []
-        for f in range(len(parts)):
-            keep, mean, delta = kept[f], means[f], deltas[f]
+                R, class_index, w = X[rows] - mean[class_index[rows]].to(X.dtype), class_index[rows], w[rows]
+            gram = weighted_grams([(R, None if units[f] else w)], 1)[0]
             dd = (delta * delta).sum(-1)
             fourth = (
                 self.fourth_moments
@@ -300,17 +323,13 @@ class ClassStatistics:
             )
             emptied = (~keep & (self.weights > 0)).nonzero().flatten()
             scatter = total_scatter - self.scatters[emptied].sum(0) + (delta * self.weights[:, None]).T @ delta
-            R, wr = centered[f]
             sq = torch.linalg.vector_norm(R, dim=1).to(STAT_DTYPE) ** 2
-            out.append(
-                PooledStatistics(
-                    weights=remainders[f],
-                    means=mean,
-                    scatter=scatter - grams[f],
-                    fourth_moment=fourth[keep].sum() - (wr * sq * sq).sum(),
-                )
+            pooled = PooledStatistics(
+                weights=remaining, means=mean, scatter=scatter - gram, fourth_moment=fourth[keep].sum() - (w * sq * sq).sum()
             )
-        return out
+            return then(f, pooled)
+
+        return [lambda f=f: remainder(f) for f in range(len(parts))]
 
     def pooled_within(self) -> tuple[Tensor, Tensor, Tensor]:
         """Within-class scatter summed over classes (d, d), its ``q4`` and the total weight."""
@@ -571,10 +590,52 @@ def parallel(work, n_tasks: int, workers: int | None = None) -> list:
                 return
             results[i] = work(i)
 
-    with ThreadPoolExecutor(workers) as pool:
+    with _single_threaded_blas(), ThreadPoolExecutor(workers) as pool:  # BLAS threads would fight the workers
         for future in [pool.submit(run) for _ in range(workers)]:
             future.result()
     return results
+
+
+def run_tasks(tasks: list, workers: int | None = None) -> None:
+    """Run callables on up to ``workers`` threads (default ``torch.get_num_threads()``); each returns the
+    callables that may run after it (or None). Threads take tasks as they free up, follow-ups first, so
+    a chain of dependent steps (fold statistics → fold model → its scoring) never waits at a barrier
+    for unrelated tasks. The first error is raised once the running tasks end.
+    """
+    queue = deque(tasks)
+    workers = torch.get_num_threads() if workers is None else workers
+    if workers <= 1:
+        while queue:
+            queue.extendleft(reversed(queue.popleft()() or []))
+        return
+    ready, state, errors = threading.Condition(), [0], []  # state: tasks running
+
+    def run():
+        while True:
+            with ready:
+                while not queue and state[0] and not errors:
+                    ready.wait()
+                if not queue or errors:
+                    ready.notify_all()
+                    return
+                task = queue.popleft()
+                state[0] += 1
+            follow = []
+            try:
+                follow = task() or []
+            except BaseException as error:  # noqa: BLE001 - re-raised in the calling thread
+                with ready:
+                    errors.append(error)
+            with ready:
+                queue.extendleft(reversed(follow))
+                state[0] -= 1
+                ready.notify_all()
+
+    with _single_threaded_blas(), ThreadPoolExecutor(workers) as pool:  # BLAS threads would fight the workers
+        for future in [pool.submit(run) for _ in range(workers)]:
+            future.result()
+    if errors:
+        raise errors[0]
 
 
 def weighted_grams(parts: list[tuple[Tensor, Tensor | None]], workers: int | None = None) -> list[Tensor]:
@@ -635,8 +696,27 @@ def _piece_moments(R: np.ndarray, w: np.ndarray | None, scatter: np.ndarray, buf
     return total, mean, third, float(wsq @ sq)
 
 
+def _removal(X: Tensor, class_index: Tensor, w: Tensor, n_classes: int) -> tuple[Tensor, Tensor]:
+    """Weight (C,) and weighted sum (C, d) of a part's rows by class, float64.
+
+    Unweighted rows (a few per class) are summed in their own precision, then converted.
+    """
+    removed = torch.zeros(n_classes, dtype=STAT_DTYPE, device=X.device).index_add_(0, class_index, w)
+    if bool((w == 1).all()):
+        sums = torch.zeros((n_classes, X.shape[1]), dtype=X.dtype, device=X.device).index_add_(0, class_index, X)
+        return removed, sums.to(STAT_DTYPE)
+    sums = torch.zeros((n_classes, X.shape[1]), dtype=STAT_DTYPE, device=X.device)
+    return removed, sums.index_add_(0, class_index, X.to(STAT_DTYPE) * w[:, None])
+
+
 def _from_rows_cpu(X: Tensor, class_index: Tensor, n_classes: int, sample_weight: Tensor | None) -> ClassStatistics:
     """:meth:`ClassStatistics.from_rows` on CPU: one class piece at a time per thread, symmetric products."""
+    workers = torch.get_num_threads()  # threads for the classes; torch itself runs single-threaded meanwhile
+    with one_torch_thread():
+        return _from_rows_cpu_body(X, class_index, n_classes, sample_weight, workers)
+
+
+def _from_rows_cpu_body(X, class_index, n_classes, sample_weight, workers) -> ClassStatistics:
     X = X.detach()
     if X.dtype not in (torch.float32, torch.float64):
         X = X.to(torch.float32)
@@ -659,7 +739,6 @@ def _from_rows_cpu(X: Tensor, class_index: Tensor, n_classes: int, sample_weight
     n_chunks = min(len(pieces), 16)
     bounds = np.linspace(0, len(pieces), n_chunks + 1).round().astype(int).tolist()
     later = {}  # (class, first row) -> moments of a later piece of a class larger than a piece
-
     def work(c):
         pooled = np.zeros((d, d)) if single_pieces else None
         buffer = np.empty((d, d), dtype=values.dtype)
@@ -682,7 +761,7 @@ def _from_rows_cpu(X: Tensor, class_index: Tensor, n_classes: int, sample_weight
         return pooled
 
     with _single_threaded_blas():
-        pooled = parallel(work, n_chunks)
+        pooled = parallel(work, n_chunks, workers)
     for k, a in sorted(later):
         merged = stats.select([k]).merge(later[(k, a)])
         for name, value in merged.as_dict().items():

@@ -68,7 +68,7 @@ class Settings:
     bic_scale: float
     chance_quantile: float
     noise_edge: float
-    fold_accepted: float = 0.5
+    fold_accepted: float
 
 
 # Chosen on validation splits of CLINC150's train and validation rows by the rule printed in docs/discovery.md
@@ -85,9 +85,10 @@ SPHERE_TOLERANCE = 0.01  # relative spread of row norms below which rows are tak
 
 @dataclass
 class NewCluster:
-    """A discovered class: its name, size, center in the input space and the rows nearest that center."""
+    """A discovered class: its name (``"new-<i>"``, or the next integer for integer classes), size,
+    center in the input space and the distinct rows nearest that center."""
 
-    name: str
+    name: str | int
     size: int
     center: np.ndarray
     representatives: np.ndarray  # row indices into the discovered rows, nearest first
@@ -98,7 +99,8 @@ class Discovery:
     """The result of :meth:`openworld.OpenWorld.discover`.
 
     ``labels`` (n,): a known class or a new cluster's name (``"new-0"``, … by
-    decreasing size); ``is_new`` (n,): rows in new clusters; ``clusters``: one
+    decreasing size; integers after the largest class for integer classes);
+    ``is_new`` (n,): rows in new clusters; ``clusters``: one
     :class:`NewCluster` per new class. ``rows`` holds the rows of new clusters
     (only until adopted) so that :meth:`openworld.OpenWorld.adopt` needs no
     second pass over the data.
@@ -114,7 +116,7 @@ class Discovery:
         return len(self.clusters)
 
     @property
-    def names(self) -> list[str]:
+    def names(self) -> list:
         return [cluster.name for cluster in self.clusters]
 
 

@@ -250,7 +250,7 @@ def render(rows: list[dict], validation: list[dict], scale: dict | None, argv: l
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for (dataset, method), rs in groups.items():
-        def f(key):
+        def f(key, rs=rs):
             values = np.array([r[key] for r in rs], dtype=float)
             return f"{values.mean():.3f} ± {values.std():.3f}"
         found = ("—" if rs[0]["n_new"] is None else

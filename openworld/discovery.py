@@ -55,6 +55,7 @@ import torch
 
 from openworld.core.covariance import estimate_covariance
 from openworld.core.gaussian import cholesky_whitener
+from openworld.core.statistics import one_torch_thread
 
 Tensor = torch.Tensor
 
@@ -315,24 +316,12 @@ def _split_merge(Z: Tensor, anchors: Tensor, anchor_weights: Tensor, rng, settin
             float(distances.mean() / d)
         price = settings.bic_scale * (d + 1) / 2 * math.log(max(n, 2)) * 2 * variance  # BIC's price in squared-error units
         updated, added, trials, chance = centroids.clone(), [], [], []
-        for k in range(K):
-            rows = Z[assignment == k]
-            if rows.shape[0] < 4:
-                trials.append((k, 0, 0.0, None))
-                continue
-            gain, halves = _best_split(rows, rng)
-            trials.append((k, rows.shape[0], gain, halves))
-            if k < C:
-                own = rows if accepted is None else Z[(assignment == k) & accepted]
-                if own.shape[0] >= 4:
-                    chance.append((gain if accepted is None else _best_split(own, rng)[0]) / own.shape[0])
-        per_row = float(np.quantile(chance, settings.chance_quantile)) if chance else 0.0
-
-        def by_chance(rows: float) -> float:
-            return per_row * rows
+        with one_torch_thread():  # thousands of small 2-means steps: parallel regions would only stall
+            _trial_splits(Z, assignment, C, K, accepted, rng, trials, chance)
+        per_row = float(np.quantile(chance, settings.chance_quantile)) if chance else 0.0  # chance gain per row
         split = torch.zeros(K, dtype=torch.bool, device=Z.device)
         for k, m, gain, halves in trials:
-            if halves is None or gain <= max(price, by_chance(m)):
+            if halves is None or gain <= max(price, per_row * m):
                 continue
             keep = int(((halves - anchors[k]) ** 2).sum(1).argmin()) if k < C else 0
             updated[k] = halves[keep]
@@ -340,7 +329,7 @@ def _split_merge(Z: Tensor, anchors: Tensor, anchor_weights: Tensor, rng, settin
             split[k] = True
         counts = torch.bincount(assignment, minlength=K).to(Z.dtype)
         counts[:C] += anchor_weights
-        keep = _merges(centroids, counts, C, price, by_chance, updated, split)
+        keep = _merges(centroids, counts, C, price, per_row, updated, split)
         if not added and bool(keep.all()):
             break
         centroids = torch.cat([updated[keep]] + ([torch.stack(added)] if added else []))
@@ -348,11 +337,27 @@ def _split_merge(Z: Tensor, anchors: Tensor, anchor_weights: Tensor, rng, settin
     return centroids
 
 
-def _merges(centroids: Tensor, counts: Tensor, C: int, price: float, by_chance, updated: Tensor,
+def _trial_splits(Z, assignment, C, K, accepted, rng, trials: list, chance: list) -> None:
+    """Split every cluster in two on trial (appending (k, rows, gain, halves) to ``trials``); for known
+    clusters also the gain per row of splitting their accepted rows (appended to ``chance``)."""
+    for k in range(K):
+        rows = Z[assignment == k]
+        if rows.shape[0] < 4:
+            trials.append((k, 0, 0.0, None))
+            continue
+        gain, halves = _best_split(rows, rng)
+        trials.append((k, rows.shape[0], gain, halves))
+        if k < C:
+            own = rows if accepted is None else Z[(assignment == k) & accepted]
+            if own.shape[0] >= 4:
+                chance.append((gain if accepted is None else _best_split(own, rng)[0]) / own.shape[0])
+
+
+def _merges(centroids: Tensor, counts: Tensor, C: int, price: float, per_row: float, updated: Tensor,
             split: Tensor) -> Tensor:
     """Merge each new cluster into its nearest cluster when that costs no more than a split of the union
-    is allowed to gain (``price``, or ``by_chance(rows)``); pairs are disjoint, and a cluster split in
-    this round takes no part.
+    is allowed to gain (``price``, or ``per_row`` times its rows); pairs are disjoint, and a cluster
+    split in this round takes no part.
 
     Writes merged means into ``updated``; returns the mask of clusters kept.
     """
@@ -371,7 +376,7 @@ def _merges(centroids: Tensor, counts: Tensor, C: int, price: float, by_chance, 
         if used[j] or not math.isfinite(float(gaps[k, j])):
             continue
         cost = float(counts[k] * counts[j] / (counts[k] + counts[j]) * gaps[k, j])
-        if cost <= max(price, by_chance(float(counts[k] + counts[j]))):
+        if cost <= max(price, per_row * float(counts[k] + counts[j])):
             keep[k] = False
             used[k] = used[j] = True
             updated[j] = (centroids[j] * counts[j] + centroids[k] * counts[k]) / (counts[j] + counts[k])
@@ -427,14 +432,15 @@ def _swap(Z: Tensor, anchors, anchor_weights, centroids: Tensor, rng) -> Tensor:
         removal[:C] = float("inf")
         drop = removal.argsort()[:moves].tolist()
         gains = []
-        for k in range(K):
-            rows = Z[assignment == k]
-            if k in drop or rows.shape[0] < 4:
-                gains.append((0.0, k, None))
-                continue
-            farthest = rows[((rows - centroids[k]) ** 2).sum(1).argmax()]
-            gain, halves = _two_means(rows, torch.stack([centroids[k], farthest]))
-            gains.append((gain, k, halves))
+        with one_torch_thread():
+            for k in range(K):
+                rows = Z[assignment == k]
+                if k in drop or rows.shape[0] < 4:
+                    gains.append((0.0, k, None))
+                    continue
+                farthest = rows[((rows - centroids[k]) ** 2).sum(1).argmax()]
+                gain, halves = _two_means(rows, torch.stack([centroids[k], farthest]))
+                gains.append((gain, k, halves))
         splits = [g for g in sorted(gains, key=lambda g: -g[0]) if g[2] is not None][:len(drop)]
         if not splits:
             break

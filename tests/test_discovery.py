@@ -187,7 +187,7 @@ def test_without_a_working_point_it_warns():
 
 
 def test_names_never_collide_with_classes(mixed):
-    model, X, y, known = mixed
+    _, X, y, known = mixed
     twice = ow.OpenWorld(random_state=0).fit(*_fitted_rows(mixed))
     first = twice.discover(X[np.isin(y, known) | (y == f"c{N_KNOWN}")], adopt=True)
     assert first.names == ["new-0"]

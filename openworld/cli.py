@@ -49,6 +49,20 @@ def _features(path: Path, vectors: Optional[str], text: Optional[str], labels: O
     return embed_texts(table.texts, encoder=encoder, progress=progress), table.labels, encoder.name
 
 
+def _model_and_features(model_path: Path, data: Path, vectors, text, labels, progress: bool):
+    """(model, X, labels) for a saved model and a table, text embedded as the model's was; failures exit."""
+    from openworld.estimator import OpenWorld
+
+    try:
+        model = OpenWorld.load(model_path)
+        X, y, encoder = _features(data, vectors, text, labels, progress)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        _fail(str(error))
+    if encoder is not None and model.embedding_model_ != encoder:
+        _fail(f"{model_path} was fitted on {model.embedding_model_ or 'vectors'}, not on text embedded with {encoder}")
+    return model, X, y
+
+
 def _vector_batches(path: Path, vectors: Optional[str], labels: Optional[str]):
     """Chunks of (X, y) streamed from a .npy or Parquet file of vectors; None when it must be read whole."""
     from openworld.io.tables import iter_vector_batches
@@ -197,15 +211,7 @@ def score_command(
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """Predict labels (or unknown), OOD scores and confidences for every row."""
-    from openworld.estimator import OpenWorld
-
-    try:
-        model = OpenWorld.load(model_path)
-        X, y, encoder = _features(data, vectors, text, labels, progress)
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        _fail(str(error))
-    if encoder is not None and model.embedding_model_ != encoder:
-        _fail(f"{model_path} was fitted on {model.embedding_model_ or 'vectors'}, not on text embedded with {encoder}")
+    model, X, y = _model_and_features(model_path, data, vectors, text, labels, progress)
     try:
         posteriors = model.predict_proba(X)
         predictions = model.predict(X)
@@ -246,19 +252,11 @@ def discover_command(
 ):
     """Find new classes among unlabelled rows: each row's known label or new cluster, and each new cluster's size
     and representative rows."""
-    from openworld.estimator import OpenWorld
-
     try:
         count = n_new if n_new == "auto" else int(n_new)
     except ValueError:
         _fail(f"--n-new must be 'auto' or an integer, got {n_new!r}")
-    try:
-        model = OpenWorld.load(model_path)
-        X, _, encoder = _features(data, vectors, text, None, progress)
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        _fail(str(error))
-    if encoder is not None and model.embedding_model_ != encoder:
-        _fail(f"{model_path} was fitted on {model.embedding_model_ or 'vectors'}, not on text embedded with {encoder}")
+    model, X, _ = _model_and_features(model_path, data, vectors, text, None, progress)
     try:
         with console.status("discovering new classes"):
             result = model.discover(X, n_new=count)
@@ -355,7 +353,6 @@ def eval_command(
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """Accuracy, OOD detection (AUROC, AUPR, FPR@95), calibration and the working point on labelled data."""
-    from openworld.estimator import OpenWorld
     from openworld.evaluation.report import evaluate, write_html, write_json
 
     for path in (report_path, json_out):
@@ -363,13 +360,7 @@ def eval_command(
             _fail(f"cannot write {path}: folder {path.parent} does not exist")
     if anomaly_column is not None and (labels is not None or ood_label):
         _fail("--anomaly-column replaces --labels and --ood-label: give one or the other")
-    try:
-        model = OpenWorld.load(model_path)
-        X, y, encoder = _features(data, vectors, text, anomaly_column or labels, progress)
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        _fail(str(error))
-    if encoder is not None and model.embedding_model_ != encoder:
-        _fail(f"{model_path} was fitted on {model.embedding_model_ or 'vectors'}, not on text embedded with {encoder}")
+    model, X, y = _model_and_features(model_path, data, vectors, text, anomaly_column or labels, progress)
     if y is None:
         _fail(f"{data} has no label column (name it with --labels): evaluation needs the true labels")
     try:

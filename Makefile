@@ -72,3 +72,12 @@ bench-speed: install bench-env
 
 bench-discovery: install
 	$(BIN)/python -m benchmarks.discovery --validate --scale --out docs/discovery.md
+
+# ---------------------------------------------------------------------------------------------
+# Speed on one CUDA device (issue 5, GPU): regenerates docs/performance-gpu.md (GEMM rates, fit of
+# 10⁷ × 768 rows against its floors and a float64 reference, scoring rows/s and accuracy; a few minutes
+# on an H100). On the lent device, without the venv: PYTHONPATH=. python3 -m benchmarks.gpu
+.PHONY: bench-gpu
+
+bench-gpu: install
+	$(BIN)/python -m benchmarks.gpu --out docs/performance-gpu.md

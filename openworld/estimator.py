@@ -17,7 +17,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from openworld.core import scores as score_functions
 from openworld.core.accumulator import LabelledStatistics, RowSample
-from openworld.core.arrays import InputKind, as_features, as_labels, as_weights, to_output
+from openworld.core.arrays import InputKind, as_features, as_labels, as_weights, device_labels, to_output
 from openworld.core.covariance import (
     CovarianceEstimate,
     background_covariance,
@@ -28,6 +28,7 @@ from openworld.core.covariance import (
 )
 from openworld.core.gaussian import GaussianHead, TiedRelativeScorer
 from openworld.core.mixture import fit_class_components, segment_logsumexp, validate_components
+from openworld.core.precision import tf32_products
 from openworld.core.statistics import ClassStatistics, one_torch_thread, run_tasks
 from openworld.core.working_point import HeldOutScores, conformal_threshold, validate_target_tpr
 from openworld.io.persistence import ModelFileError, read_model_file, write_model_file
@@ -141,8 +142,10 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             X, y, sample_weight = tuple(batch) + (None,) * (3 - len(batch))
             try:
                 X, _ = as_features(X, n_features=n_features, name=type(self).__name__, device=self.device)
-                labels = self._labels_or_one_class(y, X.shape[0])
-                if state is not None and (labels.dtype.kind == "U") != (state.labels.dtype.kind == "U"):
+                labels = device_labels(y, X.shape[0], X.device)
+                labels = self._labels_or_one_class(y, X.shape[0]) if labels is None else labels
+                is_text = isinstance(labels, np.ndarray) and labels.dtype.kind == "U"
+                if state is not None and is_text != (state.labels.dtype.kind == "U"):
                     raise ValueError("labels change type (str / int) between chunks; use one label type throughout")
                 weights = as_weights(sample_weight, X.shape[0], X.device)
             except ValueError as error:
@@ -380,6 +383,13 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         """(n, C) posteriors over the known classes, columns in ``classes_`` order."""
         X, kind = self._features(X)
         return to_output(torch.softmax(self._posterior_logits(X), dim=1), kind)
+
+    def predict_proba_and_score(self, X):
+        """``predict_proba(X)`` and ``score_samples(X)`` in one pass over the rows (what a service
+        answers per request): with a tied covariance the posteriors' product is shared."""
+        X, kind = self._features(X)
+        scores, logits = self._evaluate(X, want_log_joint=False, want_logits=True)
+        return to_output(torch.softmax(logits, dim=1), kind), to_output(scores, kind)
 
     def predict_log_proba(self, X):
         """(n, C) log posteriors (stable log-sum-exp)."""
@@ -653,14 +663,18 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         head, _ = self._heads_for(X.dtype, X.device)
         if head.structure != "tied":
             return self._evaluate(X, want_log_joint=True, want_scores=False)[1]
-        linear = head.tied_linear
-        out = []
-        for start in range(0, X.shape[0], head.chunk_rows()):
-            logits = head.tied_logits(X[start : start + head.chunk_rows()], linear)
-            if self._is_mixture():
-                logits = segment_logsumexp(logits, torch.as_tensor(self.component_class_), len(self.classes_))
-            out.append(logits)
-        return torch.cat(out)
+        step = head.chunk_rows()
+        with tf32_products(True, X.device):  # a tied head
+            if not self._is_mixture():  # each chunk's product writes its rows of the result: no concatenation
+                out = torch.empty(X.shape[0], head.n_classes, dtype=X.dtype, device=X.device)
+                for start in range(0, X.shape[0], step):
+                    head.tied_logits(X[start : start + step], out=out[start : start + step])
+                return out
+            owners = torch.as_tensor(self.component_class_)
+            return torch.cat([
+                segment_logsumexp(head.tied_logits(X[start : start + step]), owners, len(self.classes_))
+                for start in range(0, X.shape[0], step)
+            ])
 
     def _score_chunk(self, X: Tensor, distances: Tensor, log_joint: Tensor, second: GaussianHead | None) -> Tensor:
         """(n,) OOD scores of a chunk from its distances (n, M) and log joints (n, C)."""
@@ -672,37 +686,61 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             return score_functions.mahalanobis(second.squared_mahalanobis(X))
         return score_functions.likelihood(log_joint)
 
-    def _evaluate(self, X: Tensor, *, want_log_joint: bool, want_argmax: bool = False, want_scores: bool = True, heads=None):
-        """OOD scores (n,) (None unless wanted) and either log joints (n, C), argmax classes (n,) or None.
+    def _evaluate(
+        self, X: Tensor, *, want_log_joint: bool, want_argmax: bool = False, want_logits: bool = False,
+        want_scores: bool = True, heads=None,
+    ):
+        """OOD scores (n,) (None unless wanted) and either log joints (n, C), log joints up to a per-row
+        constant (``want_logits``: all that posteriors need), argmax classes (n,) or None.
 
         Chunk by chunk, so n × C never has to fit in memory at once beyond the output.
+        A tied head's float32 products on CUDA run in TF32 (:mod:`openworld.core.precision`):
+        its scores never subtract two distances. Per-class and diagonal heads' relative
+        scores do, and keep full float32.
         """
         head, second = heads if heads is not None else self._heads_for(X.dtype, X.device)
+        with tf32_products(head.structure == "tied", X.device):
+            return self._evaluate_chunks(X, head, second, want_log_joint, want_argmax, want_logits, want_scores)
+
+    def _evaluate_chunks(self, X, head, second, want_log_joint, want_argmax, want_logits, want_scores):
         relative_tied = isinstance(second, TiedRelativeScorer)
-        linear = head.tied_linear if relative_tied else None
+        owners = torch.as_tensor(self.component_class_)
+        step, mixture = head.chunk_rows(), self._is_mixture()
         scores, extra = [], []
-        for start in range(0, X.shape[0], head.chunk_rows()):
-            chunk = X[start : start + head.chunk_rows()]
-            if relative_tied:  # scores and the argmax from the logits alone: no distances needed
-                chunk_scores, logits = second.scores(chunk, head, linear)
+        # Logits of a tied model without components go straight into their rows of the result.
+        direct = relative_tied and want_logits and not want_log_joint and not mixture
+        logits_out = torch.empty(X.shape[0], head.n_classes, dtype=X.dtype, device=X.device) if direct else None
+        for start in range(0, X.shape[0], step):
+            chunk = X[start : start + step]
+            if relative_tied and not want_log_joint:  # scores, logits and the argmax need no distances
+                chunk_scores, logits = second.scores(
+                    chunk, head, with_logits=want_logits or want_argmax,
+                    out=None if logits_out is None else logits_out[start : start + step],
+                )
                 if want_scores:
                     scores.append(chunk_scores)
-                if not want_log_joint:
-                    if want_argmax:
-                        if self._is_mixture():
-                            logits = segment_logsumexp(logits, torch.as_tensor(self.component_class_), len(self.classes_))
-                        extra.append(logits.argmax(1))
-                    continue
+                if logits is not None and mixture:
+                    logits = segment_logsumexp(logits, owners, len(self.classes_))
+                if want_argmax:
+                    extra.append(logits.argmax(1))
+                elif want_logits and not direct:
+                    extra.append(logits)
+                continue
             distances = head.squared_mahalanobis(chunk)
             log_joint = head.log_likelihoods(distances) + head.log_priors
-            if self._is_mixture():
-                log_joint = segment_logsumexp(log_joint, torch.as_tensor(self.component_class_), len(self.classes_))
-            if want_scores and not relative_tied:
-                scores.append(self._score_chunk(chunk, distances, log_joint, second))
-            if want_log_joint:
+            if mixture:
+                log_joint = segment_logsumexp(log_joint, owners, len(self.classes_))
+            if want_scores:
+                if relative_tied:
+                    scores.append(second.scores(chunk, head)[0])
+                else:
+                    scores.append(self._score_chunk(chunk, distances, log_joint, second))
+            if want_log_joint or want_logits:
                 extra.append(log_joint)
             elif want_argmax:
                 extra.append(log_joint.argmax(1))
+        if direct:
+            return (torch.cat(scores) if scores else None), logits_out
         return (torch.cat(scores) if scores else None), (torch.cat(extra) if extra else None)
 
     def _own_class_distances(self, X: Tensor, class_index: Tensor) -> Tensor:

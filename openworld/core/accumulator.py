@@ -36,10 +36,16 @@ class LabelledStatistics:
     statistics: ClassStatistics
 
     @classmethod
-    def from_rows(cls, X: Tensor, labels: np.ndarray, sample_weight: Tensor | None = None) -> LabelledStatistics:
-        """Statistics of ``X: (n, d)`` by label."""
-        classes, index = np.unique(labels, return_inverse=True)
-        return cls(classes, ClassStatistics.from_rows(X, torch.as_tensor(index, device=X.device), classes.size, sample_weight))
+    def from_rows(cls, X: Tensor, labels: np.ndarray | Tensor, sample_weight: Tensor | None = None) -> LabelledStatistics:
+        """Statistics of ``X: (n, d)`` by label (NumPy, or integer labels in a tensor on X's device)."""
+        if isinstance(labels, Tensor) or (labels.dtype.kind in "iu" and X.device.type != "cpu"):
+            # Integer labels sorted where the rows are.
+            classes, index = torch.unique(torch.as_tensor(labels, device=X.device), return_inverse=True)
+            classes = classes.cpu().numpy()
+        else:
+            classes, index = np.unique(labels, return_inverse=True)
+            index = torch.as_tensor(index, device=X.device)
+        return cls(classes, ClassStatistics.from_rows(X, index, classes.size, sample_weight))
 
     def merge(self, other: LabelledStatistics) -> LabelledStatistics:
         """Both row sets' statistics; labels of ``other`` not seen yet are appended."""
@@ -76,13 +82,14 @@ class RowSample:
     weights: Tensor | None = None
     priorities: np.ndarray | None = None
 
-    def offer(self, X: Tensor, labels: np.ndarray, weights: Tensor | None, priorities: np.ndarray) -> RowSample:
+    def offer(self, X: Tensor, labels: np.ndarray | Tensor, weights: Tensor | None, priorities: np.ndarray) -> RowSample:
         """This sample and the rows of a new chunk, keeping the ``capacity`` smallest priorities."""
         keep = _smallest(priorities, self.capacity)
         index = torch.as_tensor(keep, device=X.device)
         w = torch.ones(keep.size, dtype=torch.float64, device=X.device) if weights is None else weights.index_select(0, index)
+        labels = labels.index_select(0, index).cpu().numpy() if isinstance(labels, Tensor) else labels[keep]
         # index_select: several times faster than X[index] on CPU for a gather of whole rows
-        chunk = RowSample(self.capacity, X.index_select(0, index), labels[keep], w, priorities[keep])
+        chunk = RowSample(self.capacity, X.index_select(0, index), labels, w, priorities[keep])
         return chunk if self.rows is None else self.merge(chunk)
 
     def merge(self, other: RowSample) -> RowSample:
@@ -119,8 +126,16 @@ class RowSample:
 
 
 def _smallest(priorities: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the ``k`` smallest priorities in ascending order (ties by position): a stable argsort's first k."""
+    """Positions of the ``k`` smallest priorities in ascending order (ties by position): a stable argsort's first k.
+
+    Priorities are uniform on [0, 1): the k smallest of n lie below ``(k + 8√k + 8) / n``
+    but for odds of about e⁻³², so the rows below it are picked in one pass and only
+    they are partitioned (if fewer than k are, every row is).
+    """
     if priorities.size <= k:
         return np.argsort(priorities, kind="stable")
-    index = np.argpartition(priorities, k - 1)[:k]
+    candidates = np.flatnonzero(priorities < (k + 8 * np.sqrt(k) + 8) / priorities.size)
+    if candidates.size < k:
+        candidates = np.arange(priorities.size)
+    index = candidates[np.argpartition(priorities[candidates], k - 1)[:k]]
     return index[np.lexsort((index, priorities[index]))]

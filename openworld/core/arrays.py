@@ -76,9 +76,11 @@ def as_features(X, *, n_features: int | None = None, name: str = "OpenWorld", de
         if X.is_complex() or not (X.is_floating_point() or X.dtype in (torch.int32, torch.int64, torch.int16, torch.uint8, torch.int8)):
             raise ValueError(f"features must be real numbers, got a tensor of dtype {X.dtype}")
         T = X if X.dtype == torch.float64 else X.to(torch.float32)
-        bad = ~torch.isfinite(T).all(dim=1)
-        if bool(bad.any()):
-            rows = bad.nonzero().flatten()
+        # A NaN or infinity makes its row's sum non-finite: one (n,) pass instead of an (n, d) mask; a sum
+        # that overflowed with finite entries is cleared by the exact test on the flagged rows only.
+        suspect = (~torch.isfinite(T.sum(dim=1))).nonzero().flatten()
+        if suspect.numel() and not bool(torch.isfinite(T[suspect]).all()):
+            rows = suspect[~torch.isfinite(T[suspect]).all(dim=1)]
             raise ValueError(
                 f"Input X contains NaN or infinity in {rows.numel()} row(s) (first: row {int(rows[0])})."
             )
@@ -100,6 +102,23 @@ def as_features(X, *, n_features: int | None = None, name: str = "OpenWorld", de
     if device is not None:
         T = T.to(device)
     return T, kind
+
+
+def device_labels(y, n_rows: int, device) -> Tensor | None:
+    """Integer labels in a tensor on ``device``, a GPU, validated there; None for any other labels.
+
+    A fit on a GPU then never copies millions of labels to the host and back
+    (the classes are found on the device).
+    """
+    if not isinstance(y, Tensor) or y.device.type == "cpu" or y.device != torch.device(device):
+        return None
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        return None  # as_labels names what is wrong, or accepts integral floats
+    if y.dim() != 1:
+        raise ValueError(f"y must be 1-D (one label per row), got shape {tuple(y.shape)}")
+    if y.shape[0] != n_rows:
+        raise ValueError(f"X has {n_rows} rows but y has {y.shape[0]} labels")
+    return y.long()
 
 
 def as_labels(y, n_rows: int) -> np.ndarray:
@@ -129,7 +148,7 @@ def as_labels(y, n_rows: int) -> np.ndarray:
     if y.dtype.kind == "b":
         raise ValueError("Unknown label type: bool. Labels must be str or int class names.")
     if y.dtype.kind in "iu":
-        return y.astype(np.int64)
+        return y.astype(np.int64, copy=False)
     if y.dtype.kind == "f" and np.isfinite(y).all() and type_of_target(y) in ("binary", "multiclass"):
         return y.astype(np.int64)  # integral floats such as 0.0 / 1.0 are class ids
     raise ValueError(

@@ -21,6 +21,8 @@ Tensor = torch.Tensor
 
 # Rows per scoring chunk are chosen so the widest intermediate stays near this size.
 CHUNK_BYTES = 256 * 2**20
+CUDA_CHUNK_BYTES = 2**30
+FAR_CENTER = 8.0  # ‖c‖² / tr Σ above which tied products center the rows first (round-off grown 3-fold)
 
 
 class SingularCovarianceError(ValueError):
@@ -91,6 +93,10 @@ class GaussianHead:
     ``tied``: whitener (d, d), whitened_means (C, d).
     ``full``: whitener (C, d, d), whitened_means (C, d) (class k by its own W_k).
     ``diag``: whitener (C, d) holds precisions 1/σ², whitened_means (C, d) holds μ/σ².
+    ``center_rows``: the tied products take ``x − c`` rather than ``x`` (with ``c``
+    folded into the bias). Round-off in a product of ``x`` grows with ``‖x‖``, by
+    ``√(1 + ‖c‖² / tr Σ)`` over centered rows; the rows are centered when that
+    factor would exceed 3 (FAR_CENTER), and otherwise a pass over them is saved.
     """
 
     structure: str
@@ -100,23 +106,50 @@ class GaussianHead:
     mean_norms: Tensor
     log_dets: Tensor
     log_priors: Tensor
+    center_rows: bool = True
+
+    def _cached(self, name: str, compute):
+        """A value derived from the fields, computed once (the fields are never written, so it cannot go
+        stale; two threads may both compute it, with the same result)."""
+        value = self.__dict__.get(name)
+        if value is None:
+            value = compute()
+            object.__setattr__(self, name, value)
+        return value
 
     @property
     def tied_linear(self) -> Tensor:
-        """(d, C) ``W m_kᵀ``: for a tied covariance, ``z·m_k = (x − c) · (W m_k)``, linear in x (computed once)."""
-        linear = self.__dict__.get("_tied_linear")
-        if linear is None:  # the fields are never written, so the product cannot go stale; two threads may both compute it
-            linear = self.whitener @ self.whitened_means.T
-            object.__setattr__(self, "_tied_linear", linear)
-        return linear
+        """(d, C) ``W m_kᵀ``: for a tied covariance, ``z·m_k = (x − c) · (W m_k)``, linear in x."""
+        return self._cached("_tied_linear", lambda: (self.whitener @ self.whitened_means.T).contiguous())
 
-    def tied_logits(self, X: Tensor, linear: Tensor) -> Tensor:
+    @property
+    def uniform_priors(self) -> bool:
+        """Every class that can be predicted has the same prior: adding the priors shifts each row by a constant."""
+        def compute():
+            finite = self.log_priors[torch.isfinite(self.log_priors)]
+            return bool(finite.numel() == 0 or (finite == finite[0]).all())
+        return self._cached("_uniform_priors", compute)
+
+    def tied_bias(self, with_priors: bool) -> Tensor:
+        """(C,) bias of the tied logits: ``−½‖m_k‖²`` (+ ``log π_k``), −inf for a class that cannot be
+        predicted, and ``−c·W m_k`` when the rows are not centered first."""
+        def compute():
+            bias = -0.5 * self.mean_norms + (self.log_priors if with_priors else 0.0)
+            bias = torch.where(torch.isfinite(self.log_priors), bias, -math.inf)
+            return bias if self.center_rows else bias - self.center @ self.tied_linear
+        return self._cached(f"_tied_bias_{with_priors}", compute)
+
+    def tied_rows(self, X: Tensor) -> Tensor:
+        """The rows as the tied products take them: ``x − c`` or ``x`` (see ``center_rows``)."""
+        return X - self.center if self.center_rows else X
+
+    def tied_logits(self, X: Tensor, with_priors: bool = True, out: Tensor | None = None) -> Tensor:
         """(n, C) log joints of a tied head up to a term shared by every class (−½‖z‖² and constants).
 
-        Posteriors need only these: one (n×d×C) product instead of the (n×d×d)
-        whitening, as in linear discriminant analysis.
+        Posteriors need only these: one (n×d×C) product, bias fused, instead of
+        the (n×d×d) whitening, as in linear discriminant analysis.
         """
-        return (X - self.center) @ linear - 0.5 * self.mean_norms + self.log_priors
+        return torch.addmm(self.tied_bias(with_priors), self.tied_rows(X), self.tied_linear, out=out)
 
     @classmethod
     def build(
@@ -150,9 +183,10 @@ class GaussianHead:
             W, log_det = cholesky_whitener(estimate.covariance, shrinkage_on, magnitude)
             whitened = offsets @ W
             log_dets = log_det.expand(means.shape[0])
-        else:
-            W, log_dets = cholesky_whitener(estimate.covariance, shrinkage_on, magnitude, names)
-            whitened = torch.einsum("ci,cij->cj", offsets, W)
+            far = bool(center @ center > FAR_CENTER * torch.diagonal(estimate.covariance).sum())
+            return cls("tied", center, W, whitened, (whitened**2).sum(-1), log_dets, log_priors, center_rows=far)
+        W, log_dets = cholesky_whitener(estimate.covariance, shrinkage_on, magnitude, names)
+        whitened = torch.einsum("ci,cij->cj", offsets, W)
         return cls(estimate.structure, center, W, whitened, (whitened**2).sum(-1), log_dets, log_priors)
 
     @classmethod
@@ -184,9 +218,11 @@ class GaussianHead:
         )
 
     def chunk_rows(self) -> int:
-        """Rows per chunk so that the widest (rows × C × d or rows × C) block fits CHUNK_BYTES."""
+        """Rows per chunk so that the widest (rows × C × d or rows × C) block fits CHUNK_BYTES
+        (CUDA_CHUNK_BYTES on a GPU, where larger products run nearer the device's rate)."""
         width = self.n_classes * (self.n_features if self.structure == "full" else 1) + self.n_features
-        return max(1, CHUNK_BYTES // (8 * width))
+        budget = CUDA_CHUNK_BYTES if self.center.device.type == "cuda" else CHUNK_BYTES
+        return max(1, budget // (8 * width))
 
     def squared_mahalanobis(self, X: Tensor) -> Tensor:
         """(n, C) squared Mahalanobis distances of ``X: (n, d)``; +inf for classes with no rows."""
@@ -220,7 +256,8 @@ class TiedRelativeScorer:
     scaled by √(w_k / W); by Woodbury, ``P − P₀ = W Mᵀ (I + M Mᵀ)⁻¹ M Wᵀ = F Fᵀ`` with
     ``F = W Mᵀ L⁻ᵀ``, ``L Lᵀ = I + M Mᵀ`` (C × C, eigenvalues ≥ 1: a well-conditioned Cholesky,
     no SVD). With C > d, or means thousands of standard deviations apart, the same is
-    ``W V diag(s² / (1 + s²)) Vᵀ Wᵀ`` from the SVD M = U S Vᵀ (rank at most d). The score ``2 max_k ℓ_k − ‖(x − c) F‖²`` costs
+    ``W V diag(s² / (1 + s²)) Vᵀ Wᵀ`` from the SVD M = U S Vᵀ (rank at most d), or with C > d from
+    the eigenvectors V of MᵀM (d × d, eigenvalues s²). The score ``2 max_k ℓ_k − ‖(x − c) F‖²`` costs
     n·d·(C + rank F) instead of n·d·(2d + C), and does not cancel two large
     distances against each other.
     """
@@ -239,17 +276,32 @@ class TiedRelativeScorer:
                 L, info = torch.linalg.cholesky_ex(gram + torch.eye(M.shape[0], dtype=M.dtype, device=M.device))
                 if int(info) == 0:
                     return cls(head.whitener @ torch.linalg.solve_triangular(L, M, upper=False).T)
+        if M.shape[0] > M.shape[1]:  # C > d: a d × d eigenproblem instead of the SVD of the C × d matrix
+            squares, V = torch.linalg.eigh(M.T @ M)
+            squares = torch.clamp(squares, min=0)
+            keep = squares > torch.finfo(squares.dtype).eps * squares.max()  # directions the classes do not span
+            return cls(head.whitener @ (V[:, keep] * torch.sqrt(squares[keep] / (1 + squares[keep]))))
         _, s, Vh = torch.linalg.svd(M, full_matrices=False)
         keep = s > torch.finfo(s.dtype).eps * s.max()  # directions the classes do not span carry nothing
         return cls(head.whitener @ (Vh[keep].T * (s[keep] / torch.hypot(torch.ones_like(s[keep]), s[keep]))))
 
     def to(self, dtype: torch.dtype, device) -> TiedRelativeScorer:
-        return TiedRelativeScorer(self.factor.to(dtype=dtype, device=device))
+        return TiedRelativeScorer(self.factor.to(dtype=dtype, device=device).contiguous())
 
-    def scores(self, X: Tensor, head: GaussianHead, linear: Tensor) -> tuple[Tensor, Tensor]:
-        """(n,) relative Mahalanobis scores of ``X: (n, d)`` and (n, C) log joints up to a per-row constant."""
-        Xc = X - head.center
-        # The bias (C,) carries −½‖m_k‖² and −inf for classes that cannot be predicted: one fused product.
-        bias = torch.where(torch.isfinite(head.log_priors), -0.5 * head.mean_norms, -math.inf)
-        logits = torch.addmm(bias, Xc, linear)
-        return 2 * logits.max(dim=1).values - torch.linalg.vector_norm(Xc @ self.factor, dim=1).square(), logits + head.log_priors
+    def scores(
+        self, X: Tensor, head: GaussianHead, with_logits: bool = False, out: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """(n,) relative Mahalanobis scores of ``X: (n, d)`` and, ``with_logits``, the (n, C) log joints
+        up to a per-row constant (in ``out`` if given): two products with their biases fused."""
+        rows = head.tied_rows(X)
+        logits = torch.addmm(head.tied_bias(False), rows, head.tied_linear, out=out)
+        if head.center_rows:
+            projected = rows @ self.factor
+        else:
+            projected = torch.addmm(-(head.center @ self.factor), rows, self.factor)
+        scores = 2 * logits.amax(dim=1) - torch.linalg.vector_norm(projected, dim=1).square()
+        if not with_logits:
+            return scores, None
+        if not head.uniform_priors:  # equal priors shift every logit of a row alike: nothing to add
+            logits.add_(head.log_priors)
+        return scores, logits

@@ -38,11 +38,17 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from openworld.core.precision import tf32_products
+
 Tensor = torch.Tensor
 STAT_DTYPE = torch.float64
 GROUP_ROWS = 65536  # rows gathered per group of classes (a float32 group at d = 768 is 192 MB)
 GROUP_PRODUCTS = 2**26  # d×d products held per group before they are cast to float64 (256 MB in float32)
 PIECE_BYTES = 16 * 2**20  # CPU: rows of one class gathered at a time by one worker (at most GROUP_ROWS rows)
+CUDA_GROUP_BYTES = 2**31  # CUDA: one group of gathered rows in the product dtype (fewer, larger products)
+# CUDA devices whose float64 matrix products run on tensor cores, as fast as float32 without them
+# (A100/A30, H100/H200, B200): there the statistics are accumulated exactly, in float64.
+FLOAT64_TENSOR_CORES = {(8, 0), (9, 0), (10, 0)}
 
 
 @dataclass(frozen=True)
@@ -112,33 +118,43 @@ class ClassStatistics:
         """
         if X.device.type == "cpu" and _syrk_kernel(np.float64) is not None:
             return _from_rows_cpu(X, class_index, n_classes, sample_weight)
+        if X.device.type == "cuda":
+            compute = cuda_product_dtype(X)
+            rows = max(GROUP_ROWS, CUDA_GROUP_BYTES // (X.shape[1] * compute.itemsize))
+            with tf32_products(False, X.device):  # a float32 fallback stays float32, whatever the user set
+                return cls._from_rows_grouped(X, class_index, n_classes, sample_weight, compute, rows)
         return cls._from_rows_grouped(X, class_index, n_classes, sample_weight)
 
     @classmethod
     def _from_rows_grouped(
-        cls, X: Tensor, class_index: Tensor, n_classes: int, sample_weight: Tensor | None
+        cls, X: Tensor, class_index: Tensor, n_classes: int, sample_weight: Tensor | None,
+        compute: torch.dtype | None = None, group_rows: int | None = None,
     ) -> ClassStatistics:
-        """:meth:`from_rows` with torch products: a group of whole classes (≤ GROUP_ROWS rows) at a time."""
-        compute = torch.float64 if X.dtype == torch.float64 else torch.float32
+        """:meth:`from_rows` with torch products in ``compute`` (default: float64 for float64 rows, else
+        float32), a group of whole classes (≤ ``group_rows``, default GROUP_ROWS, rows) at a time."""
+        if compute is None:
+            compute = torch.float64 if X.dtype == torch.float64 else torch.float32
+        group_rows = GROUP_ROWS if group_rows is None else group_rows
         d = X.shape[1]
         class_index = class_index.to(X.device)
         weights = None if sample_weight is None else sample_weight.to(device=X.device, dtype=STAT_DTYPE)
         order = torch.argsort(class_index, stable=True)
         counts = torch.bincount(class_index, minlength=n_classes).tolist()
-        pieces = [(k, min(GROUP_ROWS, count - s)) for k, count in enumerate(counts) for s in range(0, count, GROUP_ROWS)]
+        pieces = [(k, min(group_rows, count - s)) for k, count in enumerate(counts) for s in range(0, count, group_rows)]
         stats = cls.zeros(n_classes, d, device=X.device, scatters=False)
         stats.scatters[torch.as_tensor(counts) == 0] = 0
         start, i = 0, 0
         while i < len(pieces):
             j, rows = i + 1, pieces[i][1]  # extend the group while it stays within both budgets
-            while j < len(pieces) and rows + pieces[j][1] <= GROUP_ROWS and (j + 1 - i) * d * d <= GROUP_PRODUCTS:
+            while j < len(pieces) and rows + pieces[j][1] <= group_rows and (j + 1 - i) * d * d <= GROUP_PRODUCTS:
                 rows += pieces[j][1]
                 j += 1
             index = order[start : start + rows]
             part = _consecutive_moments(
-                X.index_select(0, index).to(compute),
+                X.index_select(0, index),
                 [length for _, length in pieces[i:j]],
                 None if weights is None else weights[index],
+                compute,
             )
             classes = [k for k, _ in pieces[i:j]]
             first = [p for p, k in enumerate(classes) if p > 0 or i == 0 or pieces[i - 1][0] != k]
@@ -405,29 +421,47 @@ class ClassStatistics:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def _consecutive_moments(R: Tensor, lengths: list[int], weights: Tensor | None) -> ClassStatistics:
-    """Moments of consecutive runs of rows ``R: (m, d)`` (lengths (S,) summing to m), in R's dtype.
+def cuda_product_dtype(X: Tensor) -> torch.dtype:
+    """The dtype of the centered products of CUDA rows ``X``: float64 where the device has float64 tensor cores.
 
-    ``R`` is a gathered copy and is centered in place. A run whose weights sum
-    to zero gets zero moments.
+    Measured on an H100 (docs/performance-gpu.md): float64 products cost what float32
+    ones do without TF32 and match a float64 reference to 1e-13, where float32
+    leaves 3e-7 in the scatters and 8e-5 in the third moments, and TF32 6e-5 in
+    the scatters. Elsewhere float64 runs at a small fraction of float32's rate.
     """
-    S, compute = len(lengths), R.dtype
+    if X.dtype == torch.float64 or torch.cuda.get_device_capability(X.device) in FLOAT64_TENSOR_CORES:
+        return torch.float64
+    return torch.float32
+
+
+def _consecutive_moments(
+    rows: Tensor, lengths: list[int], weights: Tensor | None, compute: torch.dtype | None = None
+) -> ClassStatistics:
+    """Moments of consecutive runs of rows ``rows: (m, d)`` (lengths (S,) summing to m), products in
+    ``compute`` (default: the rows' dtype).
+
+    ``rows`` is a gathered copy: centered in place when it has the compute
+    dtype, else centered into a new array of that dtype (one pass converts and
+    centers). A run whose weights sum to zero gets zero moments.
+    """
+    S, compute = len(lengths), rows.dtype if compute is None else compute
+    R = rows if rows.dtype == compute else torch.empty(rows.shape, dtype=compute, device=rows.device)
     bounds = [0, *torch.tensor(lengths).cumsum(0).tolist()]
     runs = list(zip(bounds, bounds[1:]))
     if weights is None:
         totals = torch.tensor(lengths, dtype=STAT_DTYPE, device=R.device)
-        sums = torch.stack([R[a:b].sum(0, dtype=STAT_DTYPE) for a, b in runs])
+        sums = torch.stack([rows[a:b].sum(0, dtype=STAT_DTYPE) for a, b in runs])
     else:
         totals = torch.stack([weights[a:b].sum() for a, b in runs])
-        sums = torch.stack([weights[a:b] @ R[a:b].to(STAT_DTYPE) for a, b in runs])
+        sums = torch.stack([weights[a:b] @ rows[a:b].to(STAT_DTYPE) for a, b in runs])
     present = totals > 0
     means = torch.where(present[:, None], sums / torch.where(present, totals, 1.0)[:, None], 0.0)
     d = R.shape[1]
     scatters = torch.empty(S, d, d, dtype=compute, device=R.device)
     third = torch.empty(S, d, dtype=compute, device=R.device)
     centers = means.to(compute)
-    for s, (a, b) in enumerate(runs):  # per run: in place, no (m, d) temporaries
-        R[a:b].sub_(centers[s])
+    for s, (a, b) in enumerate(runs):  # per run: in place (or converting), no (m, d) temporaries
+        torch.sub(rows[a:b], centers[s], out=R[a:b])
     sq = torch.linalg.vector_norm(R, dim=1).to(STAT_DTYPE) ** 2
     wsq = sq if weights is None else weights * sq
     weighted = R if weights is None else R * weights.to(compute)[:, None]

@@ -144,3 +144,30 @@ def test_cuda_tf32_scoring_keeps_the_float64_auroc():
     got = auroc(scores.cpu().numpy(), model.score_samples(to_gpu(outside)).cpu().numpy())
     assert abs(got - ref) < 1e-4
     np.testing.assert_allclose(proba.cpu().numpy(), model.predict_proba(inside), atol=1e-2)
+
+
+@pytest.mark.parametrize("group_rows", [40, 1000])
+def test_padded_class_blocks_give_the_moments_of_their_definitions(group_rows):
+    """The GPU path (device-agnostic torch code): classes of unequal sizes, empty ones first and last."""
+    from openworld.core.statistics import _from_rows_padded
+
+    rng = np.random.default_rng(5)
+    y = np.concatenate([np.full(3, 1), np.full(37, 2), np.full(12, 4), np.full(1, 5)])
+    rng.shuffle(y)
+    X = rng.normal(size=(y.size, 7)) * 3 + 10
+    C = 7  # classes 0, 3 and 6 have no rows
+    got = _from_rows_padded(torch.from_numpy(X).float(), torch.from_numpy(y), torch.bincount(torch.from_numpy(y), minlength=C),
+                            torch.float64, group_rows)
+    X32 = X.astype(np.float32).astype(np.float64)
+    for k in range(C):
+        rows = X32[y == k]
+        assert float(got.weights[k]) == len(rows)
+        if not len(rows):
+            assert float(got.scatters[k].abs().sum() + got.means[k].abs().sum() + got.third_moments[k].abs().sum()) == 0
+            continue
+        r = rows - rows.mean(0)
+        sq = (r * r).sum(1)
+        np.testing.assert_allclose(got.means[k].numpy(), rows.mean(0), rtol=1e-13)
+        np.testing.assert_allclose(got.scatters[k].numpy(), r.T @ r, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(got.third_moments[k].numpy(), r.T @ sq, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(float(got.fourth_moments[k]), (sq * sq).sum(), rtol=1e-12)

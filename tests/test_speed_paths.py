@@ -142,11 +142,13 @@ def test_tasks_run_after_what_they_follow_and_errors_reach_the_caller():
     assert torch.get_num_threads() == threads
 
 
-def test_background_factor_by_cholesky_equals_the_svd():
-    """P − P₀ from the C×C Cholesky factor (Woodbury) equals the one from the SVD of the whitened means."""
+@pytest.mark.parametrize("n_classes, d", [(5, 8), (12, 6)])
+def test_background_factor_by_cholesky_equals_the_svd(n_classes, d):
+    """P − P₀ from Cholesky factors (C×C by Woodbury with C ≤ d, d×d with C > d) equals the one from
+    the SVD of the whitened means."""
     from openworld.core.gaussian import TiedRelativeScorer
 
-    X, y = _data(5, 8)
+    X, y = _data(n_classes, d)
     model = OpenWorld(target_tpr=None).fit(X, y)
     head, weights = model.head_, model.statistics_.weights
     F = TiedRelativeScorer.build(head, weights).factor

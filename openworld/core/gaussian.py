@@ -256,8 +256,8 @@ class TiedRelativeScorer:
     scaled by √(w_k / W); by Woodbury, ``P − P₀ = W Mᵀ (I + M Mᵀ)⁻¹ M Wᵀ = F Fᵀ`` with
     ``F = W Mᵀ L⁻ᵀ``, ``L Lᵀ = I + M Mᵀ`` (C × C, eigenvalues ≥ 1: a well-conditioned Cholesky,
     no SVD). With C > d, or means thousands of standard deviations apart, the same is
-    ``W V diag(s² / (1 + s²)) Vᵀ Wᵀ`` from the SVD M = U S Vᵀ (rank at most d), or with C > d from
-    the eigenvectors V of MᵀM (d × d, eigenvalues s²). The score ``2 max_k ℓ_k − ‖(x − c) F‖²`` costs
+    ``W V diag(s² / (1 + s²)) Vᵀ Wᵀ`` from the SVD M = U S Vᵀ (rank at most d); with C > d,
+    ``F = W chol(I − (I + MᵀM)⁻¹)`` (d × d), or the eigenvectors V of MᵀM if that is singular. The score ``2 max_k ℓ_k − ‖(x − c) F‖²`` costs
     n·d·(C + rank F) instead of n·d·(2d + C), and does not cancel two large
     distances against each other.
     """
@@ -276,8 +276,19 @@ class TiedRelativeScorer:
                 L, info = torch.linalg.cholesky_ex(gram + torch.eye(M.shape[0], dtype=M.dtype, device=M.device))
                 if int(info) == 0:
                     return cls(head.whitener @ torch.linalg.solve_triangular(L, M, upper=False).T)
-        if M.shape[0] > M.shape[1]:  # C > d: a d × d eigenproblem instead of the SVD of the C × d matrix
-            squares, V = torch.linalg.eigh(M.T @ M)
+        if M.shape[0] > M.shape[1]:  # C > d: d × d problems instead of the SVD of the C × d matrix
+            eye = torch.eye(M.shape[1], dtype=M.dtype, device=M.device)
+            gram = M.T @ M
+            # MᵀM (I + MᵀM)⁻¹ = I − (I + MᵀM)⁻¹: two Choleskys (a fraction of an eigh on a GPU). Its
+            # eigenvalues s²/(1 + s²) lie in [0, 1); if the classes leave a direction unspanned the second
+            # Cholesky fails and the eigenvectors below drop that direction.
+            L, info = torch.linalg.cholesky_ex(gram + eye)
+            if int(info) == 0:
+                inverse = torch.cholesky_inverse(L)
+                factor, info = torch.linalg.cholesky_ex(eye - 0.5 * (inverse + inverse.T))
+                if int(info) == 0:
+                    return cls(head.whitener @ factor)
+            squares, V = torch.linalg.eigh(gram)
             squares = torch.clamp(squares, min=0)
             keep = squares > torch.finfo(squares.dtype).eps * squares.max()  # directions the classes do not span
             return cls(head.whitener @ (V[:, keep] * torch.sqrt(squares[keep] / (1 + squares[keep]))))

@@ -1,7 +1,7 @@
 """Whether float32 matrix products on CUDA may use TF32, scoped to one call.
 
 Scoring with a tied covariance runs its float32 products in TF32 (eight times
-the float32 rate on an H100; AUROC equal to a float64 computation within 2e-6,
+the float32 rate on an H100; AUROC equal to a float64 computation within 1e-7,
 docs/performance-gpu.md); scores that subtract two distances (per-class and
 diagonal covariances) and statistics never do (TF32 leaves 6e-5 in the scatters). torch's switch,
 ``torch.backends.cuda.matmul.allow_tf32``, is process-wide: calls wanting the

@@ -122,6 +122,10 @@ class ClassStatistics:
             compute = cuda_product_dtype(X)
             rows = max(GROUP_ROWS, CUDA_GROUP_BYTES // (X.shape[1] * compute.itemsize))
             with tf32_products(False, X.device):  # a float32 fallback stays float32, whatever the user set
+                class_index = class_index.to(X.device)
+                counts = torch.bincount(class_index, minlength=n_classes)
+                if sample_weight is None and int(counts.max()) <= rows:
+                    return _from_rows_padded(X, class_index, counts, compute, rows)
                 return cls._from_rows_grouped(X, class_index, n_classes, sample_weight, compute, rows)
         return cls._from_rows_grouped(X, class_index, n_classes, sample_weight)
 
@@ -432,6 +436,57 @@ def cuda_product_dtype(X: Tensor) -> torch.dtype:
     if X.dtype == torch.float64 or torch.cuda.get_device_capability(X.device) in FLOAT64_TENSOR_CORES:
         return torch.float64
     return torch.float32
+
+
+def _from_rows_padded(X: Tensor, class_index: Tensor, counts: Tensor, compute: torch.dtype, group_rows: int) -> ClassStatistics:
+    """:meth:`ClassStatistics.from_rows` of unweighted rows on a GPU: classes of similar size batched.
+
+    Classes taken in order of size form groups of at most ``group_rows``
+    padded rows; each group is gathered into an (S, L, d) block (L its largest
+    class), centered in the compute dtype with zeros in the padding (which
+    adds nothing to any moment), and its S scatters are three batched products
+    on the halves of d (the fourth block is the transpose of one of them):
+    one kernel fills the device where a class alone would leave most of it
+    idle. Each block's padding is at most the spread of class sizes within it.
+    """
+    C, d = counts.numel(), X.shape[1]
+    order = torch.argsort(class_index, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    by_size = torch.argsort(counts, stable=True)
+    sizes = counts[by_size].tolist()
+    stats = ClassStatistics.zeros(C, d, device=X.device, scatters=False)
+    stats.weights.copy_(counts)
+    h = d // 2
+    k = 0
+    while k < C:
+        j = k + 1
+        while j < C and (j + 1 - k) * sizes[j] <= group_rows:
+            j += 1
+        classes, length = by_size[k:j], max(sizes[j - 1], 1)
+        n = counts[classes]
+        steps = torch.arange(length, device=X.device)
+        # Padding repeats a class's last row (index clamped), then is zeroed once centered.
+        positions = starts[classes, None] + torch.minimum(steps[None, :], (n - 1).clamp_min(0)[:, None])
+        positions.clamp_(max=X.shape[0] - 1)  # an empty class may start past the last row
+        block = X.index_select(0, order[positions.reshape(-1)]).view(j - k, length, d)
+        padding = (length - n).to(STAT_DTYPE)[:, None]
+        sums = block.sum(1, dtype=STAT_DTYPE) - padding * block[:, -1, :].to(STAT_DTYPE)
+        means = torch.where((n > 0)[:, None], sums / n.clamp_min(1).to(STAT_DTYPE)[:, None], 0.0)
+        real = (steps[None, :] < n[:, None])[:, :, None]
+        R = torch.where(real, block - means[:, None, :].to(compute), 0.0)  # float32 rows, float64 means: exact
+        del block
+        a, b = R[:, :, :h], R[:, :, h:]
+        scatters = torch.empty(j - k, d, d, dtype=compute, device=X.device)
+        scatters[:, :h] = torch.cat([torch.bmm(a.transpose(1, 2), a), torch.bmm(a.transpose(1, 2), b)], 2)
+        scatters[:, h:, :h] = scatters[:, :h, h:].transpose(1, 2)
+        scatters[:, h:, h:] = torch.bmm(b.transpose(1, 2), b)
+        squares = torch.linalg.vector_norm(R, dim=2).square()
+        stats.scatters.index_copy_(0, classes, scatters.to(STAT_DTYPE))
+        stats.third_moments.index_copy_(0, classes, torch.bmm(squares[:, None, :], R)[:, 0, :].to(STAT_DTYPE))
+        stats.fourth_moments.index_copy_(0, classes, (squares.to(STAT_DTYPE) ** 2).sum(1))
+        stats.means.index_copy_(0, classes, means)
+        k = j
+    return stats
 
 
 def _consecutive_moments(

@@ -74,7 +74,7 @@ def test_fold_models_of_the_working_point_equal_subtracting_each_fold():
 
 
 def test_cpu_class_products_equal_the_grouped_torch_products(monkeypatch):
-    """The CPU path (syrk per class piece, threads) and the grouped torch path give the same statistics."""
+    """The CPU path (block products per class piece, threads) and the grouped torch path give the same statistics."""
     from openworld.core import statistics
 
     rng = np.random.default_rng(4)

@@ -143,13 +143,13 @@ class GaussianHead:
         """The rows as the tied products take them: ``x − c`` or ``x`` (see ``center_rows``)."""
         return X - self.center if self.center_rows else X
 
-    def tied_logits(self, X: Tensor, with_priors: bool = True, out: Tensor | None = None) -> Tensor:
+    def tied_logits(self, X: Tensor, out: Tensor | None = None) -> Tensor:
         """(n, C) log joints of a tied head up to a term shared by every class (−½‖z‖² and constants).
 
         Posteriors need only these: one (n×d×C) product, bias fused, instead of
         the (n×d×d) whitening, as in linear discriminant analysis.
         """
-        return torch.addmm(self.tied_bias(with_priors), self.tied_rows(X), self.tied_linear, out=out)
+        return torch.addmm(self.tied_bias(True), self.tied_rows(X), self.tied_linear, out=out)
 
     @classmethod
     def build(

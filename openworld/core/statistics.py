@@ -28,7 +28,6 @@ True
 
 from __future__ import annotations
 
-import ctypes
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -107,16 +106,17 @@ class ClassStatistics:
 
         On CPU each class's rows are gathered (a piece of at most PIECE_BYTES
         at a time; a larger class is cut into pieces merged exactly) and its
-        scatter is one symmetric rank-k update (BLAS ``syrk``: the triangle
-        only, half the products of ``RᵀR``). Classes are shared out to
+        scatter is three products on the halves of d (:func:`_gram_into`: three
+        quarters of the products of ``RᵀR``). Classes are shared out to
         ``torch.get_num_threads()`` Python threads pulling work as they go,
         each calling single-threaded BLAS without the GIL: a thread that the
         operating system deschedules delays nobody (no parallel region per
         class to wait at). The pooled within-class scatter is summed on the
-        way, in a fixed order. Elsewhere (or without scipy's BLAS) classes are
-        gathered a group at a time and multiplied with torch.
+        way, in a fixed order. On a GPU, classes of similar size are batched
+        (:func:`_from_rows_padded`); elsewhere they are gathered a group at a
+        time and multiplied with torch.
         """
-        if X.device.type == "cpu" and _syrk_kernel(np.float64) is not None:
+        if X.device.type == "cpu":
             return _from_rows_cpu(X, class_index, n_classes, sample_weight)
         if X.device.type == "cuda":
             compute = cuda_product_dtype(X)
@@ -324,7 +324,7 @@ class ClassStatistics:
             return [lambda f=f: finish(f, S_delta) for f in range(len(parts))]
 
         def finish(f, S_delta):
-            """The part's rows about the remainder's means (a syrk), and the remainder's pooled moments."""
+            """The part's rows about the remainder's means (their Gram matrix), and the remainder's pooled moments."""
             X, class_index, w = parts[f]
             keep, remaining, mean, delta = remainders[f]
             rows = keep[class_index]
@@ -537,40 +537,6 @@ def _consecutive_moments(
 # --------------------------------------------------------------------------- CPU: symmetric products, threads
 
 
-def _capsule_pointer(capsule) -> int:
-    api = ctypes.pythonapi
-    api.PyCapsule_GetName.restype = ctypes.c_char_p
-    api.PyCapsule_GetName.argtypes = [ctypes.py_object]
-    api.PyCapsule_GetPointer.restype = ctypes.c_void_p
-    api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
-    return api.PyCapsule_GetPointer(capsule, api.PyCapsule_GetName(capsule))
-
-
-_KERNELS: dict = {}
-_KERNEL_LOCK = threading.Lock()
-
-
-def _syrk_kernel(dtype):
-    """BLAS ``ssyrk`` / ``dsyrk`` from scipy's Cython API as a ctypes function (called without the GIL), or None.
-
-    torch exposes no symmetric rank-k update; scipy's ``cython_blas`` exports
-    the Fortran routines for compiled callers, and ctypes releases the GIL
-    while one runs, so Python threads run them in parallel.
-    """
-    key = np.dtype(dtype).char
-    if key not in _KERNELS:
-        with _KERNEL_LOCK:
-            if key not in _KERNELS:
-                try:
-                    from scipy.linalg import cython_blas
-
-                    pointer = _capsule_pointer(cython_blas.__pyx_capi__[{"f": "ssyrk", "d": "dsyrk"}[key]])
-                    _KERNELS[key] = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 10))(pointer)
-                except Exception:  # no scipy BLAS: from_rows falls back to torch products
-                    _KERNELS[key] = None
-    return _KERNELS[key]
-
-
 _CONTROLLER: list = []
 _BLAS_LOCK = threading.Lock()
 _BLAS_USERS: list = [0, None]  # contexts open, the limiter that restores the original settings
@@ -605,27 +571,25 @@ def _single_threaded_blas():
                 _BLAS_USERS[1] = None
 
 
-def _gram_into(R: np.ndarray, target: np.ndarray, buffer: np.ndarray) -> None:
-    """``target (d, d) = RᵀR`` for C-ordered ``R: (m, d)``: one ``syrk`` (the triangle) into ``buffer``, mirrored.
+def _gram_into(R: np.ndarray, target: np.ndarray) -> None:
+    """``target (d, d) = RᵀR`` for ``R: (m, d)``: three products on the halves of d, mirrored.
 
-    ``buffer`` (d, d) has R's dtype; ``target`` any float dtype. Off the
-    diagonal one of the two mirrored terms is zero and the diagonal is doubled
-    then halved, so the mirroring is exact.
+    The two diagonal blocks and one off-diagonal block are three quarters of
+    the products of ``RᵀR``; on a 2-core OpenBLAS this was 6–37 % faster than a
+    symmetric rank-k update (``syrk``) across the benchmark's shapes. NumPy
+    releases the GIL inside the products, so Python threads run them in
+    parallel. The diagonal blocks are symmetrised and the off-diagonal one
+    mirrored, so ``target`` is exactly symmetric; ``target`` may have any float
+    dtype (the products keep R's).
     """
-    m, d = R.shape
-    buffer.fill(0)
-    if m:
-        R = np.ascontiguousarray(R)
-        scalar = ctypes.c_float if R.dtype == np.float32 else ctypes.c_double
-        n, k, ld = ctypes.c_int(d), ctypes.c_int(m), ctypes.c_int(d)
-        one, zero = scalar(1.0), scalar(0.0)
-        # Column-major, R is Rᵀ (d × m, leading dimension d): C = Rᵀ (Rᵀ)ᵀ, upper triangle = lower in row-major.
-        _syrk_kernel(R.dtype)(
-            ctypes.c_char_p(b"U"), ctypes.c_char_p(b"N"), ctypes.byref(n), ctypes.byref(k), ctypes.byref(one),
-            R.ctypes.data, ctypes.byref(ld), ctypes.byref(zero), buffer.ctypes.data, ctypes.byref(ld),
-        )
-    np.add(buffer, buffer.T, out=target)
-    target.reshape(-1)[:: d + 1] *= 0.5
+    h = R.shape[1] // 2
+    first, second = np.ascontiguousarray(R[:, :h]), np.ascontiguousarray(R[:, h:])
+    for rows, block in ((first, slice(None, h)), (second, slice(h, None))):
+        product = rows.T @ rows
+        np.add(product, product.T, out=target[block, block])
+        target[block, block] *= 0.5
+    target[:h, h:] = first.T @ second
+    target[h:, :h] = target[:h, h:].T
 
 
 _TORCH_LOCK = threading.Lock()
@@ -730,7 +694,7 @@ def run_tasks(tasks: list, workers: int | None = None) -> None:
 def weighted_grams(parts: list[tuple[Tensor, Tensor | None]], workers: int | None = None) -> list[Tensor]:
     """``Σ_i w_i r_i r_iᵀ`` (d, d) in float64 for each part ``(R (m, d), w (m,) float64 or None)``.
 
-    On CPU with non-negative weights: one ``syrk`` of ``√w · R`` per part,
+    On CPU with non-negative weights: :func:`_gram_into` of ``√w · R`` per part,
     parts shared out to threads; otherwise a torch product.
     """
     def fallback(R, w):
@@ -738,8 +702,7 @@ def weighted_grams(parts: list[tuple[Tensor, Tensor | None]], workers: int | Non
         return (weighted.T @ R).to(STAT_DTYPE)
 
     usable = [
-        R.device.type == "cpu" and R.dtype in (torch.float32, torch.float64) and _syrk_kernel(np.float64) is not None
-        and (w is None or bool((w >= 0).all()))
+        R.device.type == "cpu" and R.dtype in (torch.float32, torch.float64) and (w is None or bool((w >= 0).all()))
         for R, w in parts
     ]
 
@@ -752,14 +715,14 @@ def weighted_grams(parts: list[tuple[Tensor, Tensor | None]], workers: int | Non
             rows = rows * np.sqrt(w.detach().cpu().numpy()).astype(rows.dtype)[:, None]
         d = rows.shape[1]
         target = np.empty((d, d))
-        _gram_into(rows, target, np.empty((d, d), dtype=rows.dtype))
+        _gram_into(rows, target)
         return torch.from_numpy(target)
 
     with _single_threaded_blas():
         return parallel(work, len(parts), workers)
 
 
-def _piece_moments(R: np.ndarray, w: np.ndarray | None, scatter: np.ndarray, buffer: np.ndarray):
+def _piece_moments(R: np.ndarray, w: np.ndarray | None, scatter: np.ndarray):
     """Moments of one class's rows ``R: (m, d)`` (a gathered copy, centered in place); the scatter goes to ``scatter``.
 
     Returns (weight, mean (d,), third moment (d,), fourth moment), float64.
@@ -775,13 +738,12 @@ def _piece_moments(R: np.ndarray, w: np.ndarray | None, scatter: np.ndarray, buf
     wsq = sq if w is None else w * sq
     third = (R.T @ wsq.astype(R.dtype)).astype(np.float64)
     if w is None:
-        _gram_into(R, scatter, buffer)
+        _gram_into(R, scatter)
     elif bool((w >= 0).all()):
         R *= np.sqrt(w).astype(R.dtype)[:, None]
-        _gram_into(R, scatter, buffer)
+        _gram_into(R, scatter)
     else:
-        np.matmul((R * w.astype(R.dtype)[:, None]).T, R, out=buffer)
-        scatter[...] = buffer
+        scatter[...] = (R * w.astype(R.dtype)[:, None]).T @ R
     return total, mean, third, float(wsq @ sq)
 
 
@@ -830,12 +792,11 @@ def _from_rows_cpu_body(X, class_index, n_classes, sample_weight, workers) -> Cl
     later = {}  # (class, first row) -> moments of a later piece of a class larger than a piece
     def work(c):
         pooled = np.zeros((d, d)) if single_pieces else None
-        buffer = np.empty((d, d), dtype=values.dtype)
         for k, a, b in pieces[bounds[c] : bounds[c + 1]]:
             index = order[a:b]
             first = a == starts[k]
             scatter = out["scatters"][k] if first else np.empty((d, d))
-            moments = _piece_moments(values[index], None if weights is None else weights[index], scatter, buffer)
+            moments = _piece_moments(values[index], None if weights is None else weights[index], scatter)
             if first:
                 for name, value in zip(("weights", "means", "third_moments", "fourth_moments"), moments):
                     out[name][k] = value

@@ -49,12 +49,15 @@ def _features(path: Path, vectors: Optional[str], text: Optional[str], labels: O
     return embed_texts(table.texts, encoder=encoder, progress=progress), table.labels, encoder.name
 
 
-def _model_and_features(model_path: Path, data: Path, vectors, text, labels, progress: bool):
-    """(model, X, labels) for a saved model and a table, text embedded as the model's was; failures exit."""
+def _model_and_features(model_path: Path, data: Path, vectors, text, labels, progress: bool, device=None):
+    """(model, X, labels) for a saved model and a table, text embedded as the model's was; failures exit.
+
+    The model computes on ``device`` (None: the CPU).
+    """
     from openworld.estimator import OpenWorld
 
     try:
-        model = OpenWorld.load(model_path)
+        model = OpenWorld.load(model_path, device=device)
         X, y, encoder = _features(data, vectors, text, labels, progress)
     except (ValueError, FileNotFoundError, ImportError) as error:
         _fail(str(error))
@@ -155,6 +158,7 @@ def fit(
     random_state: int = typer.Option(0, help="Seed of the cross-fitting that places the working point."),
     contamination: float = typer.Option(0.0, help="Share of training rows assumed anomalous and trimmed (robust fit)."),
     working_point: str = typer.Option("held_out", help="held_out (cross-fitted) | gaussian (F quantile; needs --shrinkage none)"),
+    device: Optional[str] = typer.Option(None, help="Where to compute: cpu (default) | cuda | cuda:<n>."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """Fit an OpenWorld model and save it.
@@ -174,6 +178,7 @@ def fit(
             random_state=random_state,
             contamination=contamination,
             working_point=working_point,
+            device=device,
         )
         batches = _vector_batches(data, vectors, labels) if text is None and not contamination else None
         if batches is not None:
@@ -185,6 +190,7 @@ def fit(
     except (ValueError, FileNotFoundError, ImportError) as error:
         _fail(str(error))
     model.embedding_model_ = encoder
+    model.set_params(device=None)  # the file scores wherever it is loaded (--device there)
     model.save(output)
     _print_summary(
         f"fitted {output}",
@@ -208,10 +214,11 @@ def score_command(
     vectors: Optional[str] = typer.Option(None, help="Vector column (default: auto-detected)."),
     text: Optional[str] = typer.Option(None, help="Text column to embed instead of vectors."),
     proba: bool = typer.Option(False, help="Also write the posterior of every class (a vector column)."),
+    device: Optional[str] = typer.Option(None, help="Where to compute: cpu (default) | cuda | cuda:<n>."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """Predict labels (or unknown), OOD scores and confidences for every row."""
-    model, X, y = _model_and_features(model_path, data, vectors, text, labels, progress)
+    model, X, y = _model_and_features(model_path, data, vectors, text, labels, progress, device)
     try:
         posteriors = model.predict_proba(X)
         predictions = model.predict(X)
@@ -350,6 +357,7 @@ def eval_command(
     ),
     report_path: Optional[Path] = typer.Option(None, "--report", help="Write a self-contained HTML report here."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
+    device: Optional[str] = typer.Option(None, help="Where to compute: cpu (default) | cuda | cuda:<n>."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """Accuracy, OOD detection (AUROC, AUPR, FPR@95), calibration and the working point on labelled data."""
@@ -360,7 +368,7 @@ def eval_command(
             _fail(f"cannot write {path}: folder {path.parent} does not exist")
     if anomaly_column is not None and (labels is not None or ood_label):
         _fail("--anomaly-column replaces --labels and --ood-label: give one or the other")
-    model, X, y = _model_and_features(model_path, data, vectors, text, anomaly_column or labels, progress)
+    model, X, y = _model_and_features(model_path, data, vectors, text, anomaly_column or labels, progress, device)
     if y is None:
         _fail(f"{data} has no label column (name it with --labels): evaluation needs the true labels")
     try:

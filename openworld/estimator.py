@@ -38,6 +38,7 @@ Tensor = torch.Tensor
 ONE_CLASS_LABEL = "normal"
 WORKING_POINT_ROWS = 20000  # held-out rows scored to place the threshold (±0.3 point at 95%)
 WORKING_POINT_FOLDS = 5
+AS_SAVED = object()  # OpenWorld.load: keep the saved device parameter
 
 
 def _package_version() -> str:
@@ -450,11 +451,17 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         write_model_file(path, tensors, manifest)
 
     @classmethod
-    def load(cls, path) -> OpenWorld:
-        """Read a model written by :meth:`save`; a damaged or foreign file is a clear error."""
+    def load(cls, path, device=AS_SAVED) -> OpenWorld:
+        """Read a model written by :meth:`save`; a damaged or foreign file is a clear error.
+
+        ``device`` replaces the saved ``device`` parameter (a model fitted with
+        ``device="cuda"`` loads on a machine without one with ``device=None``).
+        """
         tensors, manifest = read_model_file(path)
         try:
             model = cls(**manifest["params"])
+            if device is not AS_SAVED:
+                model.set_params(device=device)
             model._validate_params()
             classes = manifest["classes"]
             model.classes_ = np.array(classes, dtype=str if manifest["label_kind"] == "str" else np.int64)
@@ -512,6 +519,16 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             raise ValueError(f"calibration={self.calibration!r}: post-hoc calibration is not available in this release")
         if isinstance(self.priors, str) and self.priors not in ("uniform", "empirical"):
             raise ValueError(f"priors must be 'uniform', 'empirical' or an array of class priors, got {self.priors!r}")
+        if self.device is not None:
+            try:
+                device = torch.device(self.device)
+            except (RuntimeError, TypeError):
+                raise ValueError(f"device must be None, 'cpu', 'cuda' or 'cuda:<n>', got {self.device!r}") from None
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise ValueError(
+                    f"device={self.device!r} but no CUDA device is available here; use device=None (compute "
+                    "where the input lives) or 'cpu' (OpenWorld.load(path, device=None) for a saved model)"
+                )
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "statistics_"):

@@ -171,3 +171,52 @@ def test_padded_class_blocks_give_the_moments_of_their_definitions(group_rows):
         np.testing.assert_allclose(got.scatters[k].numpy(), r.T @ r, rtol=1e-10, atol=1e-10)
         np.testing.assert_allclose(got.third_moments[k].numpy(), r.T @ sq, rtol=1e-9, atol=1e-9)
         np.testing.assert_allclose(float(got.fourth_moments[k]), (sq * sq).sum(), rtol=1e-12)
+
+
+# ---------------------------------------------------------------- the device parameter
+
+
+def test_device_parameter_is_validated_and_a_saved_device_can_be_replaced(tmp_path):
+    X, y = classes(n=400, d=5, C=3)
+    with pytest.raises(ValueError, match="device must be"):
+        OpenWorld(device="gpu").fit(X, y)
+    model = OpenWorld(device="cpu", random_state=0).fit(X, y)
+    model.save(tmp_path / "m.safetensors")
+    assert OpenWorld.load(tmp_path / "m.safetensors").device == "cpu"
+    assert OpenWorld.load(tmp_path / "m.safetensors", device=None).device is None
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            OpenWorld(device="cuda").fit(X, y)
+        model.set_params(device="cuda")  # as if saved on a GPU machine
+        model.save(tmp_path / "gpu.safetensors")
+        with pytest.raises(ValueError, match="device=None"):
+            OpenWorld.load(tmp_path / "gpu.safetensors")
+        loaded = OpenWorld.load(tmp_path / "gpu.safetensors", device=None)
+        np.testing.assert_array_equal(loaded.predict(X), model.set_params(device=None).predict(X))
+
+
+def test_cli_device_option(tmp_path):
+    from typer.testing import CliRunner
+
+    from openworld.cli import app
+    from openworld.io.tables import write_table
+
+    X, y = classes(n=600, d=6, C=3)
+    write_table(tmp_path / "train.parquet", {"embedding": X.astype(np.float32), "label": y})
+    runner = CliRunner()
+    fit = ["fit", str(tmp_path / "train.parquet"), "-o", str(tmp_path / "m.safetensors"), "--no-progress"]
+    score = ["score", str(tmp_path / "m.safetensors"), str(tmp_path / "train.parquet"), "-o", str(tmp_path / "out.parquet")]
+    if not torch.cuda.is_available():
+        result = runner.invoke(app, fit + ["--device", "cuda"])
+        assert result.exit_code == 2 and "no CUDA device" in result.output
+        return
+    assert runner.invoke(app, fit + ["--device", "cuda"]).exit_code == 0
+    assert OpenWorld.load(tmp_path / "m.safetensors").device is None  # the file is portable
+    assert runner.invoke(app, score + ["--device", "cuda"]).exit_code == 0
+    import pyarrow.parquet as pq
+
+    on_gpu = pq.read_table(tmp_path / "out.parquet").to_pydict()
+    assert runner.invoke(app, score).exit_code == 0
+    on_cpu = pq.read_table(tmp_path / "out.parquet").to_pydict()
+    assert on_gpu["prediction"] == on_cpu["prediction"]
+    np.testing.assert_allclose(on_gpu["score"], on_cpu["score"], rtol=1e-2, atol=1e-2 * np.abs(on_cpu["score"]).max())

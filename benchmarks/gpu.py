@@ -194,8 +194,7 @@ def fit_case(dev, N, d, C, profile_path):
         with tf32(t32):
             statistics(tag, lambda: ClassStatistics._from_rows_grouped(X, y, C, None, compute=compute, group_rows=rows),
                        group_rows=rows)
-    dtype_fn = getattr(st, "cuda_product_dtype", None)
-    log("public_dtype", str(attempt("public_dtype", lambda: dtype_fn(X))) if dtype_fn and dev.type == "cuda" else "n/a")
+    log("public_dtype", str(st.cuda_product_dtype(X)) if dev.type == "cuda" else "n/a (no CUDA)")
     statistics("public", lambda: ClassStatistics.from_rows(X, y, C))
     ref = None  # frees the reference (a cell of the closures above)
     for tag, kw in [("target_tpr_none", dict(target_tpr=None)), ("default", {})]:
@@ -273,13 +272,10 @@ def scoring_case(dev, NS, d, C, rates):
         ("floor: (X·[W W₀])[:, :d]·Mᵀ", "posteriors+score", "tf32", lambda X: (X @ W2)[:, :d] @ Mt, None, None),
         ("naive two-GEMM posteriors", "posteriors", "tf32", naive_posteriors(head, dev), lambda r: r, None),
     ]
-    both = getattr(model, "predict_proba_and_score", None)
     calls += [("predict_proba", "posteriors", "shipped", model.predict_proba, lambda r: r, None),
-              ("score_samples", "posteriors+score", "shipped", model.score_samples, None, lambda r: r)]
-    if both is not None:
-        calls.append(("predict_proba_and_score", "posteriors+score", "shipped", both, lambda r: r[0], lambda r: r[1]))
-    else:
-        log("predict_proba_and_score", "n/a (no such method)")
+              ("score_samples", "posteriors+score", "shipped", model.score_samples, None, lambda r: r),
+              ("predict_proba_and_score", "posteriors+score", "shipped", model.predict_proba_and_score,
+               lambda r: r[0], lambda r: r[1])]
     rows = []
     for name, work, mode, fn, get_p, get_s in calls:
         with torch.no_grad(), (tf32(True) if mode == "tf32" else nullcontext()):
@@ -357,8 +353,6 @@ def report(command, quick):
                "(floors, naive version). Accuracy against the same model "
                f"in float64: AUROC difference (target ≤ {AUROC_TARGET:.0e}), max |Δ posterior| on {PROBA_ROWS:,} rows, "
                "argmax agreement, max relative score error" + (f"; float64 AUROC {r['auroc_float64']:.6f}." if "auroc_float64" in r else "."), ""]
-        if "predict_proba_and_score" in r:
-            out += [f"`predict_proba_and_score`: {r['predict_proba_and_score']}.", ""]
         body = []
         for row in r.get("scoring", []):
             a = row.get("accuracy") or {}

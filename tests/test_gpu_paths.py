@@ -220,3 +220,29 @@ def test_cli_device_option(tmp_path):
     on_cpu = pq.read_table(tmp_path / "out.parquet").to_pydict()
     assert on_gpu["prediction"] == on_cpu["prediction"]
     np.testing.assert_allclose(on_gpu["score"], on_cpu["score"], rtol=1e-2, atol=1e-2 * np.abs(on_cpu["score"]).max())
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
+def test_the_whole_lifecycle_on_tensors_of_a_device_equals_numpy(device):
+    """fit, partial_fit with a new class, forget, unlearn and discover on torch tensors of ``device``."""
+    from sklearn.metrics import adjusted_rand_score
+
+    X, y = classes(n=4000, d=12, C=8, seed=7)
+    on = lambda A: torch.from_numpy(A).to(device)  # noqa: E731
+    first, added = y < 6, y == 6
+    ref = OpenWorld(random_state=0).fit(X[first], y[first])
+    dev = OpenWorld(random_state=0).fit(on(X[first]), y[first])
+    ref.partial_fit(X[added], y[added])
+    dev.partial_fit(on(X[added]), y[added])
+    ref.forget([0])
+    dev.forget([0])
+    ref.unlearn(X[first][:40][y[first][:40] != 0], y[first][:40][y[first][:40] != 0])
+    dev.unlearn(on(X[first][:40][y[first][:40] != 0]), y[first][:40][y[first][:40] != 0])
+    np.testing.assert_array_equal(dev.classes_, ref.classes_)
+    for name, value in ref.statistics_.as_dict().items():
+        torch.testing.assert_close(getattr(dev.statistics_, name).cpu(), value, rtol=1e-9, atol=1e-9)
+    unlabelled = np.vstack([X[added], X[y == 7], X[y == 1][:100]])  # a known class, an adopted one and a new one
+    expected, got = ref.discover(unlabelled), dev.discover(on(unlabelled))
+    assert got.n_new == expected.n_new >= 1
+    assert adjusted_rand_score(expected.labels.astype(str), got.labels.astype(str)) > 0.95
+    np.testing.assert_array_equal(dev.predict(on(X[:200])), ref.predict(X[:200]))

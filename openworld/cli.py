@@ -255,6 +255,7 @@ def discover_command(
     report: Optional[Path] = typer.Option(None, help="Write an HTML page: a 2-D projection coloured by cluster."),
     vectors: Optional[str] = typer.Option(None, help="Vector column (default: auto-detected)."),
     text: Optional[str] = typer.Option(None, help="Text column to embed instead of vectors."),
+    device: Optional[str] = typer.Option(None, help="Where to compute: cpu (default) | cuda | cuda:<n>."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """Find new classes among unlabelled rows: each row's known label or new cluster, and each new cluster's size
@@ -263,7 +264,7 @@ def discover_command(
         count = n_new if n_new == "auto" else int(n_new)
     except ValueError:
         _fail(f"--n-new must be 'auto' or an integer, got {n_new!r}")
-    model, X, _ = _model_and_features(model_path, data, vectors, text, None, progress)
+    model, X, _ = _model_and_features(model_path, data, vectors, text, None, progress, device)
     try:
         with console.status("discovering new classes"):
             result = model.discover(X, n_new=count)
@@ -288,6 +289,7 @@ def discover_command(
         console.print(f"report written to {report}")
     if adopt is not None:
         model.adopt(result)
+        model.set_params(device=None)  # a portable file, as `fit` writes
         model.save(adopt)
         console.print(f"model with {result.n_new} adopted classes written to {adopt}")
 

@@ -249,3 +249,35 @@ def test_low_variance_mahalanobis_dropping_nothing_is_mahalanobis(digits):
     full = OpenWorld(score="mahalanobis", target_tpr=None).fit(X, y)
     low = OpenWorld(score="low_variance_mahalanobis", dropped_variance=0.0, target_tpr=None).fit(X, y)
     np.testing.assert_allclose(low.score_samples(X), full.score_samples(X), rtol=1e-7)
+
+
+def _blobs(n, d, C, seed):
+    rng = np.random.default_rng(seed)
+    means = np.random.default_rng(0).normal(size=(C, d)) * 1.5
+    y = rng.integers(0, C, n)
+    return rng.normal(size=(n, d)) + means[y], y
+
+
+@pytest.mark.parametrize("covariance", ["tied", "full"])
+def test_concurrent_scoring_equals_sequential(covariance):
+    """Many threads scoring one fitted model at once (as a service does), heads built on first use by
+    whichever thread comes first, give what one thread gives."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    X, y = _blobs(n=2000, d=10, C=5, seed=11)
+    model = OpenWorld(covariance=covariance, random_state=0).fit(X, y)
+    batches = [_blobs(n=300, d=10, C=5, seed=20 + i)[0] for i in range(16)]
+    inputs = [b if i % 2 else torch.from_numpy(b.astype(np.float32)) for i, b in enumerate(batches)]
+
+    def answer(Q):
+        proba, scores = model.predict_proba_and_score(Q)
+        as_numpy = lambda A: A.numpy() if isinstance(A, torch.Tensor) else A  # noqa: E731
+        return as_numpy(proba), as_numpy(scores), model.predict(Q)
+
+    with ThreadPoolExecutor(8) as pool:  # first: the float32 heads are built while threads race
+        together = list(pool.map(answer, inputs))
+    alone = [answer(Q) for Q in inputs]
+    for (p1, s1, l1), (p2, s2, l2) in zip(together, alone):
+        np.testing.assert_allclose(p1, p2, rtol=1e-6, atol=1e-9)  # kernels may split work differently per call
+        np.testing.assert_allclose(s1, s2, rtol=1e-6, atol=1e-9)
+        np.testing.assert_array_equal(l1, l2)

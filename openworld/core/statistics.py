@@ -124,7 +124,7 @@ class ClassStatistics:
             with tf32_products(False, X.device):  # a float32 fallback stays float32, whatever the user set
                 class_index = class_index.to(X.device)
                 counts = torch.bincount(class_index, minlength=n_classes)
-                if sample_weight is None and int(counts.max()) <= rows:
+                if sample_weight is None and X.shape[0] and int(counts.max()) <= rows:
                     return _from_rows_padded(X, class_index, counts, compute, rows)
                 return cls._from_rows_grouped(X, class_index, n_classes, sample_weight, compute, rows)
         return cls._from_rows_grouped(X, class_index, n_classes, sample_weight)
@@ -473,7 +473,7 @@ def _from_rows_padded(X: Tensor, class_index: Tensor, counts: Tensor, compute: t
         sums = block.sum(1, dtype=STAT_DTYPE) - padding * block[:, -1, :].to(STAT_DTYPE)
         means = torch.where((n > 0)[:, None], sums / n.clamp_min(1).to(STAT_DTYPE)[:, None], 0.0)
         real = (steps[None, :] < n[:, None])[:, :, None]
-        R = torch.where(real, block - means[:, None, :].to(compute), 0.0)  # float32 rows, float64 means: exact
+        R = torch.where(real, block - means[:, None, :].to(compute), 0.0)  # the subtraction in the compute dtype
         del block
         a, b = R[:, :, :h], R[:, :, h:]
         scatters = torch.empty(j - k, d, d, dtype=compute, device=X.device)

@@ -625,27 +625,15 @@ def one_torch_thread():
 
 
 def parallel(work, n_tasks: int, workers: int | None = None) -> list:
-    """``[work(i) for i in range(n_tasks)]`` on up to ``workers`` threads (default ``torch.get_num_threads()``).
+    """``[work(i) for i in range(n_tasks)]`` on up to ``workers`` threads (default ``torch.get_num_threads()``),
+    as independent tasks of :func:`run_tasks` (threads pull the next one as they finish one)."""
+    results = [None] * n_tasks
 
-    Threads pull the next task as they finish one, so a thread that the
-    operating system deschedules holds back only its current task.
-    """
-    workers = min(torch.get_num_threads() if workers is None else workers, n_tasks)
-    if workers <= 1:
-        return [work(i) for i in range(n_tasks)]
-    results, lock, following = [None] * n_tasks, threading.Lock(), iter(range(n_tasks))
+    def task(i):
+        results[i] = work(i)
 
-    def run():
-        while True:
-            with lock:
-                i = next(following, None)
-            if i is None:
-                return
-            results[i] = work(i)
-
-    with _single_threaded_blas(), ThreadPoolExecutor(workers) as pool:  # BLAS threads would fight the workers
-        for future in [pool.submit(run) for _ in range(workers)]:
-            future.result()
+    workers = torch.get_num_threads() if workers is None else workers
+    run_tasks([lambda i=i: task(i) for i in range(n_tasks)], min(workers, n_tasks))
     return results
 
 

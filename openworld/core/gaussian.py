@@ -255,11 +255,12 @@ class TiedRelativeScorer:
     without priors. In whitened coordinates B is MᵀM, M (C, d) the whitened means
     scaled by √(w_k / W); by Woodbury, ``P − P₀ = W Mᵀ (I + M Mᵀ)⁻¹ M Wᵀ = F Fᵀ`` with
     ``F = W Mᵀ L⁻ᵀ``, ``L Lᵀ = I + M Mᵀ`` (C × C, eigenvalues ≥ 1: a well-conditioned Cholesky,
-    no SVD). With C > d, or means thousands of standard deviations apart, the same is
-    ``W V diag(s² / (1 + s²)) Vᵀ Wᵀ`` from the SVD M = U S Vᵀ (rank at most d); with C > d,
-    ``F = W chol(I − (I + MᵀM)⁻¹)`` (d × d), or the eigenvectors V of MᵀM if that is singular. The score ``2 max_k ℓ_k − ‖(x − c) F‖²`` costs
-    n·d·(C + rank F) instead of n·d·(2d + C), and does not cancel two large
-    distances against each other.
+    no SVD). With C > d the same is ``F = W chol(I − (I + MᵀM)⁻¹)`` (d × d Choleskys),
+    or, if that matrix is singular, ``W V diag(s / √(1 + s²))`` from the eigenvectors V
+    and eigenvalues s² of MᵀM. With C ≤ d but means thousands of standard deviations
+    apart, F comes from the SVD M = U S Vᵀ the same way (rank at most d). The score
+    ``2 max_k ℓ_k − ‖(x − c) F‖²`` costs n·d·(C + rank F) instead of n·d·(2d + C),
+    and does not cancel two large distances against each other.
     """
 
     factor: Tensor

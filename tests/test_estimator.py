@@ -251,22 +251,15 @@ def test_low_variance_mahalanobis_dropping_nothing_is_mahalanobis(digits):
     np.testing.assert_allclose(low.score_samples(X), full.score_samples(X), rtol=1e-7)
 
 
-def _blobs(n, d, C, seed):
-    rng = np.random.default_rng(seed)
-    means = np.random.default_rng(0).normal(size=(C, d)) * 1.5
-    y = rng.integers(0, C, n)
-    return rng.normal(size=(n, d)) + means[y], y
-
-
 @pytest.mark.parametrize("covariance", ["tied", "full"])
 def test_concurrent_scoring_equals_sequential(covariance):
     """Many threads scoring one fitted model at once (as a service does), heads built on first use by
     whichever thread comes first, give what one thread gives."""
     from concurrent.futures import ThreadPoolExecutor
 
-    X, y = _blobs(n=2000, d=10, C=5, seed=11)
+    X, y = three_blobs(np.random.default_rng(11), 2000, d=10)
     model = OpenWorld(covariance=covariance, random_state=0).fit(X, y)
-    batches = [_blobs(n=300, d=10, C=5, seed=20 + i)[0] for i in range(16)]
+    batches = [three_blobs(np.random.default_rng(20 + i), 300, d=10)[0] for i in range(16)]
     inputs = [b if i % 2 else torch.from_numpy(b.astype(np.float32)) for i, b in enumerate(batches)]
 
     def answer(Q):

@@ -26,7 +26,7 @@ from openworld.core.covariance import (
     validate_shrinkage,
     validate_structure,
 )
-from openworld.core.gaussian import GaussianHead, TiedRelativeScorer
+from openworld.core.gaussian import GaussianHead, RelativeEnsemble, TiedRelativeScorer
 from openworld.core.mixture import fit_class_components, segment_logsumexp, validate_components
 from openworld.core.precision import tf32_products
 from openworld.core.statistics import ClassStatistics, one_torch_thread, run_tasks
@@ -599,38 +599,57 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             raise ValueError("priors give zero probability to every class with data")
         return torch.log(priors / priors.sum())
 
-    def _heads(self, stats) -> tuple[GaussianHead, GaussianHead | TiedRelativeScorer | None]:
+    def _heads(self, stats) -> tuple[GaussianHead, GaussianHead | TiedRelativeScorer | RelativeEnsemble | None]:
         """Class head, and the second head a score may need, from statistics.
 
         The second head is the background Gaussian (relative Mahalanobis; for a
         tied covariance its difference from the class precision, which scores
-        without whitening) or the low-variance principal subspace of the pooled covariance
-        (low-variance Mahalanobis); None for the other scores.
+        without whitening), the low-variance principal subspace of the pooled covariance
+        (low-variance Mahalanobis), every structure's head and background
+        (covariance ensemble); None for the other scores.
         """
-        shrinkage_on = self.shrinkage is not None
-        estimate = estimate_covariance(stats, self.covariance, self.shrinkage)
-        center = (stats.weights @ stats.means) / stats.weights.sum()
-        names = self.classes_[self.component_class_].tolist()
-        head = GaussianHead.build(stats.means, estimate, self._component_log_priors(stats), center, shrinkage_on, names)
+        head, estimate = self._class_head(stats, self.covariance)
         background = None
-        if self.score_ == "relative_mahalanobis" and self.covariance == "tied":
-            background = TiedRelativeScorer.build(head, stats.weights)
-        elif self.score_ == "relative_mahalanobis":
-            mean, cov = background_covariance(stats, estimate.pooled)
-            # The background takes the structure's family: diagonal for diag, a full matrix otherwise.
-            bg_estimate = (
-                CovarianceEstimate("diag", torch.diagonal(cov)[None], cov, torch.zeros(1, dtype=cov.dtype))
-                if self.covariance == "diag"
-                else CovarianceEstimate("tied", cov, cov, torch.zeros(1, dtype=cov.dtype))
-            )
-            background = GaussianHead.build(
-                mean[None], bg_estimate, torch.zeros(1, dtype=cov.dtype, device=cov.device), center, shrinkage_on
-            )
+        if self.score_ == "relative_mahalanobis":
+            background = self._background(stats, head, estimate)
+        elif self.score_ == "covariance_ensemble":
+            members = []
+            for structure in score_functions.ENSEMBLE_STRUCTURES:
+                member, member_estimate = (
+                    (head, estimate) if structure == self.covariance else self._class_head(stats, structure)
+                )
+                members.append((member, self._background(stats, member, member_estimate)))
+            background = RelativeEnsemble(tuple(members))
         elif self.score_ == "low_variance_mahalanobis":
+            center = (stats.weights @ stats.means) / stats.weights.sum()
             background = GaussianHead.build_subspace(
                 stats.means, low_variance_basis(estimate.pooled, self.dropped_variance), head.log_priors, center
             )
         return head, background
+
+    def _class_head(self, stats, structure: str) -> tuple[GaussianHead, CovarianceEstimate]:
+        """The Gaussian head of ``structure`` over the classes (or components) of ``stats``, and its covariances."""
+        estimate = estimate_covariance(stats, structure, self.shrinkage)
+        center = (stats.weights @ stats.means) / stats.weights.sum()
+        names = self.classes_[self.component_class_].tolist()
+        head = GaussianHead.build(
+            stats.means, estimate, self._component_log_priors(stats), center, self.shrinkage is not None, names
+        )
+        return head, estimate
+
+    def _background(self, stats, head: GaussianHead, estimate: CovarianceEstimate) -> GaussianHead | TiedRelativeScorer:
+        """Relative Mahalanobis's background Gaussian of all rows, in the head's structure's family."""
+        if head.structure == "tied":
+            return TiedRelativeScorer.build(head, stats.weights)
+        mean, cov = background_covariance(stats, estimate.pooled)
+        # The background takes the structure's family: diagonal for diag, a full matrix otherwise.
+        bg_estimate = (
+            CovarianceEstimate("diag", torch.diagonal(cov)[None], cov, torch.zeros(1, dtype=cov.dtype))
+            if head.structure == "diag"
+            else CovarianceEstimate("tied", cov, cov, torch.zeros(1, dtype=cov.dtype))
+        )
+        zero_log_prior = torch.zeros(1, dtype=cov.dtype, device=cov.device)
+        return GaussianHead.build(mean[None], bg_estimate, zero_log_prior, head.center, self.shrinkage is not None)
 
     def _refresh(self) -> None:
         """Re-derive everything from the statistics (after fit, partial_fit, forget, unlearn, load)."""
@@ -702,6 +721,8 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             return score_functions.relative_mahalanobis(distances, second.squared_mahalanobis(X)[:, 0])
         if self.score_ == "low_variance_mahalanobis":
             return score_functions.mahalanobis(second.squared_mahalanobis(X))
+        if self.score_ == "covariance_ensemble":
+            return second.scores(X)
         return score_functions.likelihood(log_joint)
 
     def _evaluate(
@@ -717,13 +738,15 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         scores do, and keep full float32.
         """
         head, second = heads if heads is not None else self._heads_for(X.dtype, X.device)
-        with tf32_products(head.structure == "tied", X.device):
+        # The ensemble's per-class and diagonal members subtract two distances: no TF32 for them either.
+        with tf32_products(head.structure == "tied" and not isinstance(second, RelativeEnsemble), X.device):
             return self._evaluate_chunks(X, head, second, want_log_joint, want_argmax, want_logits, want_scores)
 
     def _evaluate_chunks(self, X, head, second, want_log_joint, want_argmax, want_logits, want_scores):
         relative_tied = isinstance(second, TiedRelativeScorer)
         owners = torch.as_tensor(self.component_class_)
-        step, mixture = head.chunk_rows(), self._is_mixture()
+        mixture = self._is_mixture()
+        step = min(head.chunk_rows(), second.chunk_rows()) if isinstance(second, RelativeEnsemble) else head.chunk_rows()
         scores, extra = [], []
         # Logits of a tied model without components go straight into their rows of the result.
         direct = relative_tied and want_logits and not want_log_joint and not mixture
@@ -904,7 +927,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         tasks = [refresh_task] if refresh else []
         if not refresh:
             refreshed.set()
-        if self.covariance == "tied" and not self._is_mixture():
+        if self.covariance == "tied" and not self._is_mixture() and self.score != "covariance_ensemble":
             # A tied model needs only pooled statistics of each fold model: no (C, d, d) arithmetic per fold.
             tasks += self.statistics_.pooled_without_tasks(parts, lambda f, pooled: [lambda: fold_model(f, pooled)])
         else:

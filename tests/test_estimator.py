@@ -274,3 +274,51 @@ def test_concurrent_scoring_equals_sequential(covariance):
         np.testing.assert_allclose(p1, p2, rtol=1e-6, atol=1e-9)  # kernels may split work differently per call
         np.testing.assert_allclose(s1, s2, rtol=1e-6, atol=1e-9)
         np.testing.assert_array_equal(l1, l2)
+
+
+def test_covariance_ensemble_sums_relative_mahalanobis_under_three_structures(digits):
+    """Brute force: tied, per-class (shrunk toward the pooled) and diagonal covariances, each against its background."""
+    X, y = digits
+    X = X[:, X.std(0) > 0]
+    lam = 0.3
+    model = OpenWorld(score="covariance_ensemble", shrinkage=lam, target_tpr=None).fit(X, y)
+    classes = np.unique(y)
+    means = np.stack([X[y == k].mean(0) for k in classes])
+    scatters = np.stack([(X[y == k] - m).T @ (X[y == k] - m) / (y == k).sum() for k, m in zip(classes, means)])
+    pooled = sum((X[y == k] - m).T @ (X[y == k] - m) for k, m in zip(classes, means)) / len(X)
+    pooled = (1 - lam) * pooled + lam * np.trace(pooled) / X.shape[1] * np.eye(X.shape[1])
+    counts = np.bincount(y)
+    between = ((means - X.mean(0)).T * counts) @ (means - X.mean(0)) / len(X)
+    background = pooled + between
+    Xc = X - X.mean(0)
+
+    def distance(rows, mean, cov):
+        return ((rows - mean) @ np.linalg.inv(cov) * (rows - mean)).sum(1)
+
+    tied = distance(X, X.mean(0), background) - np.stack([distance(X, m, pooled) for m in means], 1).min(1)
+    per_class = [(1 - lam) * S + lam * pooled for S in scatters]
+    full = distance(X, X.mean(0), background) - np.stack([distance(X, m, S) for m, S in zip(means, per_class)], 1).min(1)
+    diag_bg = (Xc**2 / np.diag(background)).sum(1)
+    diag = diag_bg - np.stack([((X - m) ** 2 / np.diag(S)).sum(1) for m, S in zip(means, per_class)], 1).min(1)
+    expected = tied + full + diag
+    np.testing.assert_allclose(model.score_samples(X), expected, rtol=1e-6, atol=1e-7 * np.abs(expected).max())
+    # The posteriors stay those of the model's own covariance structure.
+    plain = OpenWorld(shrinkage=lam, target_tpr=None).fit(X, y)
+    np.testing.assert_allclose(model.predict_proba(X[:100]), plain.predict_proba(X[:100]), atol=1e-10)
+
+
+@pytest.mark.parametrize("covariance", ["tied", "full"])
+def test_covariance_ensemble_learns_and_forgets_like_a_refit(digits, covariance):
+    X, y = digits
+    order = np.random.default_rng(1).permutation(len(X))
+    whole = OpenWorld(score="covariance_ensemble", covariance=covariance, random_state=0).fit(X[y != 9], y[y != 9])
+    stream = OpenWorld(score="covariance_ensemble", covariance=covariance, random_state=0)
+    for chunk in np.array_split(order, 3):
+        stream.partial_fit(X[chunk], y[chunk])
+    stream.forget([9])
+    assert_same_model(stream, whole, X, rtol=1e-7)
+    # The cross-fitted working point keeps about 95% of unseen rows of the known classes.
+    held_out = OpenWorld(score="covariance_ensemble", random_state=0).fit(X[order[:1200]], y[order[:1200]])
+    rest = order[1200:]
+    kept = held_out.score_samples(X[rest]) >= held_out.threshold_
+    assert 0.88 <= kept.mean() <= 0.99

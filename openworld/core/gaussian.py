@@ -317,3 +317,32 @@ class TiedRelativeScorer:
         if not head.uniform_priors:  # equal priors shift every logit of a row alike: nothing to add
             logits.add_(head.log_priors)
         return scores, logits
+
+
+@dataclass(frozen=True)
+class RelativeEnsemble:
+    """Sum of relative Mahalanobis scores under several covariance structures of the same statistics.
+
+    ``members`` holds, per structure, its class head and background: a
+    :class:`TiedRelativeScorer` for the tied head, a one-component
+    :class:`GaussianHead` otherwise. Rows go through every member chunk by chunk,
+    so the widest member (the per-class one: rows × C × d) sets the chunk size.
+    """
+
+    members: tuple[tuple[GaussianHead, GaussianHead | TiedRelativeScorer], ...]
+
+    def to(self, dtype: torch.dtype, device) -> RelativeEnsemble:
+        return RelativeEnsemble(tuple((head.to(dtype, device), bg.to(dtype, device)) for head, bg in self.members))
+
+    def chunk_rows(self) -> int:
+        return min(head.chunk_rows() for head, _ in self.members)
+
+    def scores(self, X: Tensor) -> Tensor:
+        """(n,) sum over members of ``D₀ − min_k D_k`` for ``X: (n, d)``."""
+        total = torch.zeros(X.shape[0], dtype=X.dtype, device=X.device)
+        for head, background in self.members:
+            if isinstance(background, TiedRelativeScorer):
+                total += background.scores(X, head)[0]
+            else:
+                total += background.squared_mahalanobis(X)[:, 0] - head.squared_mahalanobis(X).min(dim=1).values
+        return total

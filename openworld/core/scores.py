@@ -13,6 +13,12 @@ computes anyway, so scoring adds no second pass over the classes.
   of Normal Data in Pre-Trained Deep Features for Anomaly Detection"):
   ``−min_k D_k`` measured only along the principal components of least
   variance of the pooled covariance, where they found the anomaly signal.
+- ``covariance_ensemble``: the sum of the relative Mahalanobis scores under the
+  tied, diagonal and per-class covariances, all from the same statistics. Each
+  is twice a log likelihood ratio (class against background) up to a constant,
+  so the sum is the log of their product: a product of experts that agree on
+  typical rows and disagree on atypical ones in different directions. It costs
+  the three scorings together, the per-class one dominating (n·C·d² for C classes).
 
 ``"auto"`` is relative Mahalanobis with two classes or more and Mahalanobis
 with one, where a class compared with itself carries no signal.
@@ -23,7 +29,9 @@ from __future__ import annotations
 import torch
 
 Tensor = torch.Tensor
-SCORES = ("mahalanobis", "relative_mahalanobis", "likelihood", "low_variance_mahalanobis")
+SCORES = ("mahalanobis", "relative_mahalanobis", "likelihood", "low_variance_mahalanobis", "covariance_ensemble")
+#: The covariance structures whose relative Mahalanobis scores ``covariance_ensemble`` sums.
+ENSEMBLE_STRUCTURES = ("tied", "diag", "full")
 
 
 def resolve_score(score: str, n_classes: int) -> str:

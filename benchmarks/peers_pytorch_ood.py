@@ -37,6 +37,7 @@ from benchmarks.quality import DEFAULT_WORK, FAMILY_PYTORCH_OOD, KNN_K_GRID, VIM
 from benchmarks.store import STAGES, Clock, ScoreWriter, load_task, task_names, update_manifest
 
 BATCH = 512  # rows per predict call (GMM: see below); keeps (batch × classes × d) buffers small
+BATCH_PROBE_ROWS = 64  # in-distribution rows scored both in one batch and one by one (see _depends_on_batch)
 
 GMM_REG_GRID = (1e-4, 1e-3, 1e-2)
 DICE_P_GRID = (0.1, 0.3, 0.5, 0.7, 0.9)  # DICE.hyperparameter_space
@@ -121,7 +122,21 @@ def _predict(detector, kind: str, z: torch.Tensor, head, batch: int) -> np.ndarr
     return scores
 
 
-def run_task(work: Path, name: str, clock: Clock) -> None:
+def _depends_on_batch(detector, kind: str, z: torch.Tensor, head) -> bool:
+    """Whether a row's score changes with the rows scored beside it.
+
+    Such a detector, scored in batches of in-distribution rows and then of OOD rows
+    as the harness does, would see which rows are which: pytorch-ood 0.4.0's OpenMax
+    measures distances only to the classes some row of the batch predicts. Those
+    detectors are scored one row at a time, as a deployed detector sees its queries.
+    """
+    probe = z[:BATCH_PROBE_ROWS]
+    together = _predict(detector, kind, probe, head, probe.shape[0])
+    alone = _predict(detector, kind, probe, head, 1)
+    return not np.allclose(together, alone, rtol=1e-4, atol=1e-6 * max(1.0, float(np.abs(alone).max())))
+
+
+def run_task(work: Path, name: str, clock: Clock, row_by_row: set) -> None:
     task = load_task(work, name)
     writer = ScoreWriter(work, "pytorch-ood", name)
     dim, n_classes = task.meta["dim"], task.meta["n_classes"]
@@ -149,6 +164,9 @@ def run_task(work: Path, name: str, clock: Clock) -> None:
                         _fit(detector, kind, z, y, head)
                         fit_s = time.perf_counter() - t0 + head_s
                         batch = 128 if method == "GMM" else BATCH
+                        if _depends_on_batch(detector, kind, tensors[fit_stage][2], head):
+                            batch = 1
+                            row_by_row.add(method)
                         for stage in (STAGES if task.same_fit else (fit_stage,)):
                             _, _, z_in, z_out = tensors[stage]
                             t0 = time.perf_counter()
@@ -176,16 +194,18 @@ def main(argv=None) -> None:
     clock = Clock()
     torch.manual_seed(0)
     names = task_names(args.work)
+    row_by_row = set()  # detectors whose scores depend on the batch: scored one row at a time
     for stale in (args.work / "scores" / "pytorch-ood").glob("*"):
         stale.unlink()
     for i, name in enumerate(names, 1):
         clock.log(f"pytorch-ood on {name} ({i}/{len(names)})")
-        run_task(args.work, name, clock)
+        run_task(args.work, name, clock, row_by_row)
     update_manifest(
         args.work,
         bench_env={"python": platform.python_version(), "pytorch-ood": pytorch_ood.__version__, "torch": torch.__version__,
                    "scikit-learn": sklearn.__version__, "numpy": np.__version__, "threads": torch.get_num_threads()},
         not_applicable=NOT_APPLICABLE,
+        row_by_row=sorted(row_by_row),
         steps={"peers": {"seconds": time.perf_counter() - clock.start, "load": os.getloadavg()[1],
                          "command": " ".join([os.path.relpath(sys.executable), "-m", "benchmarks.peers_pytorch_ood", *sys.argv[1:]])}},
     )

@@ -70,7 +70,10 @@ CNN_EPOCHS = 8
 
 COVARIANCES = ("tied", "full", "diag")
 #: Scores whose OOD score ignores ``covariance`` (it only changes their accuracy): run with one structure.
-SCORE_COVARIANCES = {"low_variance_mahalanobis": ("tied",)}  # whitens with the pooled covariance whatever the structure
+SCORE_COVARIANCES = {
+    "low_variance_mahalanobis": ("tied",),  # whitens with the pooled covariance whatever the structure
+    "covariance_ensemble": ("tied",),  # sums every structure's score whatever `covariance` is; that sets only posteriors
+}
 #: Hyper-parameters of openworld scores, chosen on validation like every other.
 SCORE_GRIDS = {"low_variance_mahalanobis": {"dropped_variance": (0.1, 0.25, 0.5, 0.75, 0.9)}}
 LR_C_GRID = (1.0, 10.0, 100.0)
@@ -859,7 +862,8 @@ def render(work: Path, out: Path, argv: list[str] | None = None) -> str:
       "(per-class Gaussian mixtures by BIC, `random_state=0`) for the tied likelihood and Mahalanobis scores; "
       "`low_variance_mahalanobis` only with `covariance=\"tied\"`, since it whitens with the pooled "
       f"covariance whatever the structure, and its `dropped_variance` in {SCORE_GRIDS.get('low_variance_mahalanobis', {}).get('dropped_variance')} "
-      "chosen on validation; and the default `OpenWorld(random_state=0)` (relative Mahalanobis, tied, with "
+      "chosen on validation; `covariance_ensemble` (the sum of the tied, diagonal and per-class relative Mahalanobis "
+      "scores) only with `covariance=\"tied\"`, which sets its posteriors and not its score; and the default `OpenWorld(random_state=0)` (relative Mahalanobis, tied, with "
       "its cross-fitted working point, hence a longer fit). Accuracy is the argmax of `predict_proba`.")
     w(f"- **openworld baselines**: `CosineKNN(k)` for k in {s['knn_k_grid']}; `MaxSoftmax`, `Energy`, `MaxLogit` and "
       f"`ViM(dim=D)` (D = {', '.join(str(x) for x in s['vim_dim_shares'])} × d) on a shared multinomial "
@@ -875,6 +879,12 @@ def render(work: Path, out: Path, argv: list[str] | None = None) -> str:
       "linear head, from logits, fed the same arrays as `torch` tensors; their outlier scores are negated. Head-based "
       "detectors use the same logistic-regression heads as openworld's baselines (C chosen on validation). "
       "Hyper-parameter grids are in `benchmarks/peers_pytorch_ood.py`.")
+    if manifest.get("row_by_row"):
+        w(f"- **Scored one row at a time**: {', '.join(manifest['row_by_row'])} (pytorch-ood). A row's score from "
+          "these detectors changed with the rows scored beside it (64 in-distribution rows, scored in one batch and "
+          "one by one, differed). Scored in batches of in-distribution rows and then of OOD rows, they would see "
+          "which rows are which: pytorch-ood 0.4.0's OpenMax measures distances only to the classes that some row "
+          "of the batch predicts, and in batches of 512 it scored far above what it scores row by row. One row at a time is how a deployed detector sees its queries.")
     w(f"- **Open-set validation**: {int(s['holdout_share'] * 100)}% of the known classes' training rows are held out "
       f"(`holdout_split`); a nested {int(s['unknown_share'] * 100)}% of the known classes (`open_set_split(known, 0.25, seed)`) "
       "are pseudo-unknown: validation models are fitted on the other held-in rows, and score the held-out rows "

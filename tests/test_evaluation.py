@@ -285,3 +285,16 @@ def test_labels_as_a_python_list_or_pandas(data):
     reference = evaluate(model, X, y).to_dict()
     assert evaluate(model, X, y.tolist()).to_dict() == reference
     assert evaluate(model, X, pd.Series(y, dtype=object)).to_dict() == reference
+
+
+def test_cli_fits_and_evaluates_the_covariance_ensemble(cli_tables):
+    tmp, _, X, y = cli_tables
+    fitted = runner.invoke(app, ["fit", str(tmp / "in.parquet"), "-o", str(tmp / "e.safetensors"),
+                                 "--score", "covariance_ensemble", "--no-progress"])
+    assert fitted.exit_code == 0, fitted.output
+    model = OpenWorld.load(tmp / "e.safetensors")
+    assert model.score_ == "covariance_ensemble"
+    result = runner.invoke(app, ["eval", str(tmp / "e.safetensors"), str(tmp / "test.parquet"),
+                                 "--json", str(tmp / "e.json"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp / "e.json").read_text())["auroc"] == pytest.approx(evaluate(model, X, y).auroc)

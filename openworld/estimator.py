@@ -270,6 +270,9 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         keep = ~np.isin(self.classes_, labels)
         if not keep.any():
             raise ValueError("cannot forget every class: at least one class must remain")
+        present = self._class_weights(self.statistics_).cpu().numpy() > 0
+        if self.score in score_functions.NEEDS_TWO_CLASSES and (present & keep).sum() < 2:
+            raise ValueError(score_functions.one_class_message(self.score))
         self._keep_classes(keep)
         return self
 

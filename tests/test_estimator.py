@@ -322,3 +322,16 @@ def test_covariance_ensemble_learns_and_forgets_like_a_refit(digits, covariance)
     rest = order[1200:]
     kept = held_out.score_samples(X[rest]) >= held_out.threshold_
     assert 0.88 <= kept.mean() <= 0.99
+
+
+@pytest.mark.parametrize("score", ["relative_mahalanobis", "covariance_ensemble"])
+def test_scores_against_the_background_refuse_one_class_instead_of_scoring_zero(digits, score):
+    X, y = digits
+    with pytest.raises(ValueError, match="one-class model"):
+        OpenWorld(score=score).fit(X[y == 0])
+    model = OpenWorld(score=score, target_tpr=None).fit(X[y < 2], y[y < 2])
+    before = model.score_samples(X[:20])
+    with pytest.raises(ValueError, match="every score would be 0"):
+        model.forget([1])
+    np.testing.assert_array_equal(model.score_samples(X[:20]), before)  # the refused forget changed nothing
+    assert OpenWorld(target_tpr=None).fit(X[y == 0]).score_ == "mahalanobis"  # "auto" adapts instead

@@ -34,12 +34,23 @@ SCORES = ("mahalanobis", "relative_mahalanobis", "likelihood", "low_variance_mah
 ENSEMBLE_STRUCTURES = ("tied", "diag", "full")
 
 
+#: Scores that compare a class with the background of all classes: with one class they are zero everywhere.
+NEEDS_TWO_CLASSES = ("relative_mahalanobis", "covariance_ensemble")
+
+
 def resolve_score(score: str, n_classes: int) -> str:
     if score == "auto":
         return "relative_mahalanobis" if n_classes >= 2 else "mahalanobis"
     if score not in SCORES:
         raise ValueError(f"score must be 'auto' or one of {SCORES}, got {score!r}")
+    if score in NEEDS_TWO_CLASSES and n_classes < 2:
+        raise ValueError(one_class_message(score))
     return score
+
+
+def one_class_message(score: str) -> str:
+    return (f"score={score!r} compares each class with the background of all classes, which with one class is "
+            "the class itself: every score would be 0. Use score='auto' or 'mahalanobis' for a one-class model")
 
 
 def mahalanobis(distances: Tensor) -> Tensor:

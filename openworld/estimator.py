@@ -624,9 +624,8 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
                 members.append((member, self._background(stats, member, member_estimate)))
             background = RelativeEnsemble(tuple(members))
         elif self.score_ == "low_variance_mahalanobis":
-            center = (stats.weights @ stats.means) / stats.weights.sum()
             background = GaussianHead.build_subspace(
-                stats.means, low_variance_basis(estimate.pooled, self.dropped_variance), head.log_priors, center
+                stats.means, low_variance_basis(estimate.pooled, self.dropped_variance), head.log_priors, head.center
             )
         return head, background
 
@@ -725,7 +724,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         if self.score_ == "low_variance_mahalanobis":
             return score_functions.mahalanobis(second.squared_mahalanobis(X))
         if self.score_ == "covariance_ensemble":
-            return second.scores(X)
+            return second.scores(X, known=(self.covariance, distances))
         return score_functions.likelihood(log_joint)
 
     def _evaluate(
@@ -769,6 +768,9 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
                     extra.append(logits.argmax(1))
                 elif want_logits and not direct:
                     extra.append(logits)
+                continue
+            if isinstance(second, RelativeEnsemble) and not (want_log_joint or want_logits or want_argmax):
+                scores.append(second.scores(chunk))  # scores alone: the class head's distances are the ensemble's
                 continue
             distances = head.squared_mahalanobis(chunk)
             log_joint = head.log_likelihoods(distances) + head.log_priors
@@ -931,7 +933,8 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         if not refresh:
             refreshed.set()
         if self.covariance == "tied" and not self._is_mixture() and self.score != "covariance_ensemble":
-            # A tied model needs only pooled statistics of each fold model: no (C, d, d) arithmetic per fold.
+            # A tied model needs only pooled statistics of each fold model: no (C, d, d) arithmetic per fold
+            # (the ensemble's per-class and diagonal members need the classes' own scatters).
             tasks += self.statistics_.pooled_without_tasks(parts, lambda f, pooled: [lambda: fold_model(f, pooled)])
         else:
             tasks += [lambda f=f: fold_model(f, removed_rows(f)) for f in range(len(parts))]

@@ -317,6 +317,10 @@ def test_covariance_ensemble_learns_and_forgets_like_a_refit(digits, covariance)
         stream.partial_fit(X[chunk], y[chunk])
     stream.forget([9])
     assert_same_model(stream, whole, X, rtol=1e-7)
+    # Posteriors and scores in one pass reuse the class head's distances for its own ensemble member.
+    proba, scores = whole.predict_proba_and_score(X[:300])
+    np.testing.assert_allclose(scores, whole.score_samples(X[:300]), rtol=1e-12)
+    np.testing.assert_allclose(proba, whole.predict_proba(X[:300]), rtol=1e-12)
     # The cross-fitted working point keeps about 95% of unseen rows of the known classes.
     held_out = OpenWorld(score="covariance_ensemble", random_state=0).fit(X[order[:1200]], y[order[:1200]])
     rest = order[1200:]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from openworld.core.covariance import CovarianceEstimate
+from openworld.core.scores import relative_mahalanobis
 
 Tensor = torch.Tensor
 
@@ -337,12 +338,14 @@ class RelativeEnsemble:
     def chunk_rows(self) -> int:
         return min(head.chunk_rows() for head, _ in self.members)
 
-    def scores(self, X: Tensor) -> Tensor:
-        """(n,) sum over members of ``D₀ − min_k D_k`` for ``X: (n, d)``."""
+    def scores(self, X: Tensor, known: tuple[str, Tensor] | None = None) -> Tensor:
+        """(n,) sum over members of ``D₀ − min_k D_k`` for ``X: (n, d)``; ``known = (structure, distances)``:
+        the (n, C) class distances of that structure's member, already computed by the caller."""
         total = torch.zeros(X.shape[0], dtype=X.dtype, device=X.device)
         for head, background in self.members:
             if isinstance(background, TiedRelativeScorer):
                 total += background.scores(X, head)[0]
-            else:
-                total += background.squared_mahalanobis(X)[:, 0] - head.squared_mahalanobis(X).min(dim=1).values
+                continue
+            distances = known[1] if known is not None and known[0] == head.structure else head.squared_mahalanobis(X)
+            total += relative_mahalanobis(distances, background.squared_mahalanobis(X)[:, 0])
         return total

@@ -297,10 +297,14 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             raise ValueError(f"cannot unlearn rows of class(es) never fitted: {unknown.tolist()[:10]!r}")
         weights = as_weights(sample_weight, X.shape[0], X.device)
         removed = self._accumulate(X, self._class_index(labels, X.device), weights)
-        self.statistics_ = self.statistics_.subtract(removed)
-        keep = (self._class_weights(self.statistics_) > 0).cpu().numpy()
+        remaining = self.statistics_.subtract(removed)
+        keep = (self._class_weights(remaining) > 0).cpu().numpy()
+        # Checked before anything changes: a refused unlearn leaves the model as it was.
         if not keep.any():
             raise ValueError("unlearning these rows would leave no data: every class would be empty")
+        if self.score in score_functions.NEEDS_TWO_CLASSES and keep.sum() < 2:
+            raise ValueError(score_functions.one_class_message(self.score))
+        self.statistics_ = remaining
         self._keep_classes(keep)
         return self
 

@@ -338,4 +338,8 @@ def test_scores_against_the_background_refuse_one_class_instead_of_scoring_zero(
     with pytest.raises(ValueError, match="every score would be 0"):
         model.forget([1])
     np.testing.assert_array_equal(model.score_samples(X[:20]), before)  # the refused forget changed nothing
+    with pytest.raises(ValueError, match="every score would be 0"):
+        model.unlearn(X[y == 1], y[y == 1])  # every row of class 1: one class would be left
+    np.testing.assert_array_equal(model.score_samples(X[:20]), before)  # nor did the refused unlearn
+    np.testing.assert_array_equal(model.classes_, [0, 1])
     assert OpenWorld(target_tpr=None).fit(X[y == 0]).score_ == "mahalanobis"  # "auto" adapts instead

@@ -1,6 +1,7 @@
 """Discovery of new classes: synthetic mixtures with a known answer, degenerate inputs, adoption."""
 
 import numpy as np
+import torch
 import pytest
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score
@@ -254,3 +255,43 @@ def test_command_line_discover_writes_clusters_and_the_adopted_model(tmp_path, m
     bad = CliRunner().invoke(app, ["discover", str(tmp_path / "m.safetensors"), str(tmp_path / "unlabelled.npy"),
                                    "-o", str(tmp_path / "c.csv"), "--n-new", "many"])
     assert bad.exit_code != 0 and "--n-new" in bad.output
+
+
+def test_best_cut_share_equals_brute_force():
+    from openworld.discovery import _best_cut_share
+
+    values = np.random.default_rng(3).standard_t(3, size=41)
+    ordered = np.sort(values)
+    total = ((ordered - ordered.mean()) ** 2).sum()
+    within = min(((ordered[:i] - ordered[:i].mean()) ** 2).sum() + ((ordered[i:] - ordered[i:].mean()) ** 2).sum()
+                 for i in range(1, ordered.size))
+    assert _best_cut_share(torch.as_tensor(values)) == pytest.approx(1 - within / total, rel=1e-10)
+
+
+def test_held_out_separation_ignores_width_and_sees_two_groups():
+    from openworld.discovery import GAUSSIAN_SEPARATION, _held_out_separation
+
+    rng = np.random.default_rng(4)
+    one = torch.as_tensor(rng.normal(size=(2000, 20)))
+    # one Gaussian: the variance share between the sides of a cut at the mean, 2/π, whatever the width
+    assert _held_out_separation(one, np.random.default_rng(0)) == pytest.approx(GAUSSIAN_SEPARATION, abs=0.03)
+    assert _held_out_separation(50 * one, np.random.default_rng(0)) == pytest.approx(
+        _held_out_separation(one, np.random.default_rng(0)), rel=1e-9)
+    two = one.clone()
+    two[:1000, 0] += 8.0  # two groups 8 standard deviations apart
+    assert _held_out_separation(two, np.random.default_rng(0)) > 0.9
+
+
+def test_a_wide_new_class_is_one_class():
+    """A new class wider than the known ones (an encoder not trained on it spreads it out) is not cut
+    into pieces for being wide: splits are judged by how cleanly rows fall apart, not by variance gained."""
+    X, y = _blobs(n_classes=N_KNOWN, per_class=PER_CLASS, d=DIMENSIONS, seed=5)
+    rng = np.random.default_rng(50)  # not _blobs's seed: its first mean would be the wide class's
+    wide = rng.normal(scale=6.0 / np.sqrt(2), size=DIMENSIONS) + 3.0 * rng.normal(size=(3 * PER_CLASS, DIMENSIONS))
+    X, y = np.concatenate([X, wide]), np.concatenate([y, np.full(len(wide), "wide")])
+    labelled = _split(X, y, np.unique(y[y != "wide"]), 0.1, seed=5)
+    model = ow.OpenWorld(random_state=0).fit(X[labelled], y[labelled])
+    result = model.discover(X[~labelled])
+    assert result.n_new == 1
+    is_wide = y[~labelled] == "wide"
+    assert np.mean(result.labels[is_wide] == result.clusters[0].name) > 0.95  # its rows together, as one class

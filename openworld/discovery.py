@@ -385,6 +385,7 @@ def _held_out_separation(rows: Tensor, rng: np.random.Generator) -> float:
 def _best_cut_share(values: Tensor) -> float:
     """Share of the variance of 1-D ``values`` between the two sides of their best cut (1-D 2-means, exact)."""
     v = torch.sort(values.double()).values
+    v = v - v.mean()  # centred, so that the running sums below do not cancel
     m = v.numel()
     if m < 2:
         return 0.0

@@ -271,8 +271,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         if not keep.any():
             raise ValueError("cannot forget every class: at least one class must remain")
         present = self._class_weights(self.statistics_).cpu().numpy() > 0
-        if self.score in score_functions.NEEDS_TWO_CLASSES and (present & keep).sum() < 2:
-            raise ValueError(score_functions.one_class_message(self.score))
+        score_functions.resolve_score(self.score, int((present & keep).sum()))  # refuses what a fit on them would
         self._keep_classes(keep)
         return self
 
@@ -302,8 +301,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         # Checked before anything changes: a refused unlearn leaves the model as it was.
         if not keep.any():
             raise ValueError("unlearning these rows would leave no data: every class would be empty")
-        if self.score in score_functions.NEEDS_TWO_CLASSES and keep.sum() < 2:
-            raise ValueError(score_functions.one_class_message(self.score))
+        score_functions.resolve_score(self.score, int(keep.sum()))  # refuses what a fit on what remains would
         self.statistics_ = remaining
         self._keep_classes(keep)
         return self

@@ -356,7 +356,11 @@ METHOD_NOTES = """
   products, and no float32 cancellation between two large distances.
 - **covariance="full"** scoring whitens with all C class matrices in one (n×d×Cd) product, chunked to
   256 MB: cost ≈ 2·d²·(C + 1) flops per row (C class whitenings and the background), memory C·d² for the
-  whiteners. It is C/2 times the tied floor by construction; the table reports its rows/s as time for N rows.
+  whiteners. It is C/2 times the tied floor by construction (the *ow/floor* column's cost model); the table
+  reports its rows/s as time for N rows. When every class has fewer rows than d/2 (here N/C < 192 at
+  d = 384: N = 10⁴ with C ≥ 150, N = 10⁵ with C = 1000), each class covariance is the pooled one plus a
+  scatter of rank r < d/2 and the distance is the pooled one less r squared projections (Woodbury, exact):
+  ≈ 2·d·(d + C + C·r) flops per row and d·C·r numbers, which is why those rows fall below 1.
 - **Two threads on a loaded machine.** When another job holds one of the two cores, a 2-thread product
   (the floor, scikit-learn's LDA) runs barely faster, or slower, than a 1-thread one; compare the load
   averages above. The 1-thread columns show the cost of the algorithms themselves.

@@ -131,3 +131,34 @@ def test_full_distances_match_a_loop_over_classes():
         VI = np.linalg.inv(covs[k])
         expected = [scipy_mahalanobis(x, means[k], VI) ** 2 for x in X]
         np.testing.assert_allclose(D[:, k], expected, rtol=1e-9)
+
+
+def few_row_classes(d=40, rows=(1, 2, 4, 12, 20), seed=0):
+    """Classes with fewer rows than dimensions (ranks 0, 1, 3, 11, 19 ≤ d/2), each its own shape."""
+    rng = np.random.default_rng(seed)
+    X = np.concatenate([rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) * 0.3 + 2 * rng.normal(size=d) for n in rows])
+    return X, np.repeat(np.arange(len(rows)), rows)
+
+
+@pytest.mark.parametrize("shrinkage", ["auto", "oas", 0.3])
+def test_low_rank_full_head_matches_brute_force_inverse_and_determinant(shrinkage):
+    X, y = few_row_classes()
+    estimate = estimate_covariance(stats_of(X, y), "full", shrinkage)
+    means = stats_of(X, y).means
+    head = GaussianHead.build(means, estimate, torch.log(torch.full((5,), 0.2, dtype=torch.float64)), means.mean(0), True)
+    assert head.factors is not None  # the per-class factors, not C whitening matrices
+    covs, mu = estimate.covariance.numpy(), means.numpy()
+    Xt = np.random.default_rng(1).normal(size=(30, X.shape[1])) * 3
+    D = head.squared_mahalanobis(torch.from_numpy(Xt)).numpy()
+    for k in range(5):
+        expected = np.einsum("ni,ni->n", Xt - mu[k], np.linalg.solve(covs[k], (Xt - mu[k]).T).T)
+        np.testing.assert_allclose(D[:, k], expected, rtol=1e-9)
+    np.testing.assert_allclose(head.log_dets.numpy(), [np.linalg.slogdet(c)[1] for c in covs], rtol=1e-10)
+
+
+def test_low_rank_full_head_falls_back_to_whiteners_when_a_class_has_many_rows():
+    X, y = few_row_classes(d=20, rows=(3, 15))  # rank 14 > d/2: no saving from factors
+    estimate = estimate_covariance(stats_of(X, y), "full", 0.3)
+    means = stats_of(X, y).means
+    head = GaussianHead.build(means, estimate, torch.zeros(2, dtype=torch.float64), means.mean(0), True)
+    assert head.factors is None and head.whitener.shape == (2, 20, 20)

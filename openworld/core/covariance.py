@@ -46,12 +46,16 @@ class CovarianceEstimate:
 
     ``pooled`` is the shrunk tied covariance (d, d) every structure starts from;
     ``intensities`` the shrinkage used: (1,) for tied, (C,) per class otherwise.
+    ``raw``: for ``full``, the unshrunk class covariances (C, d, d), so that
+    ``covariance = (1 − λ) raw + λ pooled``; a class with fewer rows than
+    dimensions has a low-rank ``raw``, which the head exploits.
     """
 
     structure: str
     covariance: Tensor
     pooled: Tensor
     intensities: Tensor
+    raw: Tensor | None = None
 
 
 def single_covariance(scatter: Tensor, fourth: Tensor, weight: Tensor, shrinkage) -> tuple[Tensor, float]:
@@ -110,7 +114,7 @@ def estimate_covariance(stats: ClassStatistics | PooledStatistics, structure: st
     raw = stats.scatters / safe
     intensities = class_intensities(stats, shrinkage, pooled)
     if structure == "full":
-        return CovarianceEstimate("full", shrink(raw, intensities, pooled), pooled, intensities)
+        return CovarianceEstimate("full", shrink(raw, intensities, pooled), pooled, intensities, raw)
     variances = torch.diagonal(raw, dim1=-2, dim2=-1)
     pooled_variances = torch.diagonal(pooled)
     lam = intensities[:, None]

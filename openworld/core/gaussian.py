@@ -3,7 +3,10 @@
 With ``Σ = L Lᵀ`` (Cholesky) and ``W = L⁻ᵀ``, ``z = (x − c) W`` gives
 ``(x − μ_k)ᵀ Σ⁻¹ (x − μ_k) = ‖z‖² − 2 z·m_k + ‖m_k‖²`` with ``m_k = (μ_k − c) W``:
 one (n×d×d) product and one (n×d×C) product score every class at once.
-Per-class covariances whiten with all C matrices in one (n×d×Cd) product.
+Per-class covariances whiten with all C matrices in one (n×d×Cd) product,
+or, when every class has fewer rows than half the dimensions (the few-shot
+case), take the pooled distance less each class's low-rank correction: one
+(n×d×Cr) product, r the largest class rank.
 The center ``c`` (the overall mean) keeps ‖z‖² small so float32 does not
 cancel away the distance.
 """
@@ -13,6 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields, replace
 
+import numpy as np
+import scipy.linalg.lapack as scipy_lapack
 import torch
 
 from openworld.core.covariance import CovarianceEstimate
@@ -23,6 +28,7 @@ Tensor = torch.Tensor
 # Rows per scoring chunk are chosen so the widest intermediate stays near this size.
 CHUNK_BYTES = 256 * 2**20
 CUDA_CHUNK_BYTES = 2**30
+LOW_RANK_SHARE = 0.5  # per-class factors are used when every class's rank is at most this share of d
 FAR_CENTER = 8.0  # ‖c‖² / tr Σ above which tied products center the rows first (round-off grown 3-fold)
 
 
@@ -94,6 +100,11 @@ class GaussianHead:
     ``tied``: whitener (d, d), whitened_means (C, d).
     ``full``: whitener (C, d, d), whitened_means (C, d) (class k by its own W_k).
     ``diag``: whitener (C, d) holds precisions 1/σ², whitened_means (C, d) holds μ/σ².
+    ``full`` with low-rank classes (``factors`` set): whitener (d, d) and
+    whitened_means (C, d) are the pooled covariance's, as for ``tied``, and
+    ``D_k = s_k (T_k − ‖(x − c) F_k − o_k‖²)`` with T_k the pooled distance,
+    ``factors`` (d, C·r) holding F_k (d, r) class by class, ``factor_offsets`` o_k
+    (C, r) and ``scales`` s_k = 1/λ_k (C,); see :meth:`build_low_rank`.
     ``center_rows``: the tied products take ``x − c`` rather than ``x`` (with ``c``
     folded into the bias). Round-off in a product of ``x`` grows with ``‖x‖``, by
     ``√(1 + ‖c‖² / tr Σ)`` over centered rows; the rows are centered when that
@@ -108,6 +119,9 @@ class GaussianHead:
     log_dets: Tensor
     log_priors: Tensor
     center_rows: bool = True
+    factors: Tensor | None = None
+    factor_offsets: Tensor | None = None
+    scales: Tensor | None = None
 
     def _cached(self, name: str, compute):
         """A value derived from the fields, computed once (the fields are never written, so it cannot go
@@ -186,9 +200,67 @@ class GaussianHead:
             log_dets = log_det.expand(means.shape[0])
             far = bool(center @ center > FAR_CENTER * torch.diagonal(estimate.covariance).sum())
             return cls("tied", center, W, whitened, (whitened**2).sum(-1), log_dets, log_priors, center_rows=far)
+        if shrinkage_on and estimate.raw is not None:
+            low_rank = cls.build_low_rank(means, estimate, log_priors, center, magnitude)
+            if low_rank is not None:
+                return low_rank
         W, log_dets = cholesky_whitener(estimate.covariance, shrinkage_on, magnitude, names)
         whitened = torch.einsum("ci,cij->cj", offsets, W)
         return cls(estimate.structure, center, W, whitened, (whitened**2).sum(-1), log_dets, log_priors)
+
+    @classmethod
+    def build_low_rank(
+        cls, means: Tensor, estimate: CovarianceEstimate, log_priors: Tensor, center: Tensor, magnitude: Tensor
+    ) -> GaussianHead | None:
+        """A ``full`` head for classes with fewer rows than dimensions, or None where it would not pay.
+
+        ``Σ_k = λ_k Σ + (1 − λ_k) L_k L_kᵀ``: the pooled covariance plus a class
+        scatter of rank r_k ≤ (rows − 1), factored by a pivoted Cholesky. In the
+        pooled whitening z, with M = Wᵀ L_k and ``K Kᵀ = λ/(1 − λ) I + MᵀM`` (r × r),
+        Woodbury gives ``Σ_k⁻¹ = (W Wᵀ − W G Gᵀ Wᵀ) / λ``, G = M K⁻ᵀ: the distance
+        is the pooled one less r squared projections, n·d·(d + C + C·r) per batch
+        instead of n·C·d². Used when every r_k ≤ d/2 (LOW_RANK_SHARE) and λ_k > 0.
+        Round-off: D is s·(T − ‖·‖²) with T/D at most the class's largest whitened
+        variance over λ, a few tens for shrunk few-row classes.
+        """
+        lam = estimate.intensities
+        d = means.shape[1]
+        if not bool((lam > 0).all()):
+            return None
+        shrunk_only = (lam >= 1).cpu().numpy()
+        factors_k = []
+        for k in range(means.shape[0]):  # C pivoted Choleskys, O(d r²) each: fitting cost, never scoring
+            raw = estimate.raw[k].detach().cpu().numpy()  # one class at a time: a full-rank class stops the loop
+            if shrunk_only[k] or not raw.trace() > 0:
+                factors_k.append(np.zeros((d, 0)))
+                continue
+            c, piv, rank, _ = scipy_lapack.dpstrf(raw, lower=1)
+            if rank > LOW_RANK_SHARE * d:
+                return None
+            L = np.zeros((d, rank))
+            L[piv[:rank] - 1] = np.tril(c)[:rank, :rank]
+            L[piv[rank:] - 1] = np.tril(c)[rank:, :rank]
+            factors_k.append(L)
+        r = max(1, max(f.shape[1] for f in factors_k))
+        dtype, device = estimate.pooled.dtype, estimate.pooled.device
+        L = torch.zeros(len(factors_k), d, r, dtype=dtype)
+        for k, f in enumerate(factors_k):
+            L[k, :, : f.shape[1]] = torch.from_numpy(f)
+        L = L.to(device)
+        W, log_det_pooled = cholesky_whitener(estimate.pooled, True, magnitude)
+        M = torch.einsum("ij,cir->cjr", W, L)  # Wᵀ L_k
+        ratio = (lam / torch.where(lam < 1, 1 - lam, 1.0))[:, None, None]
+        eye = torch.eye(r, dtype=dtype, device=device)
+        K = torch.linalg.cholesky(ratio * eye + M.transpose(1, 2) @ M)
+        G = torch.linalg.solve_triangular(K, M.transpose(1, 2), upper=False).transpose(1, 2)  # M K⁻ᵀ
+        # log det Σ_k = log det Σ + d log λ + log det(ratio·I + MᵀM) − r log ratio (zero columns add nothing)
+        log_dets = (log_det_pooled + d * torch.log(lam) + 2 * torch.log(torch.diagonal(K, dim1=-2, dim2=-1)).sum(-1)
+                    - r * torch.log(ratio[:, 0, 0]))
+        whitened = (means - center) @ W
+        factors = torch.einsum("ij,cjr->icr", W, G).reshape(d, -1)  # F_k = W G_k, class by class
+        factor_offsets = torch.einsum("cj,cjr->cr", whitened, G)
+        return cls("full", center, W, whitened, (whitened**2).sum(-1), log_dets, log_priors,
+                   factors=factors, factor_offsets=factor_offsets, scales=1.0 / lam)
 
     @classmethod
     def build_subspace(
@@ -221,16 +293,22 @@ class GaussianHead:
     def chunk_rows(self) -> int:
         """Rows per chunk so that the widest (rows × C × d or rows × C) block fits CHUNK_BYTES
         (CUDA_CHUNK_BYTES on a GPU, where larger products run nearer the device's rate)."""
-        width = self.n_classes * (self.n_features if self.structure == "full" else 1) + self.n_features
+        per_class = 1
+        if self.structure == "full":
+            per_class = self.n_features if self.factors is None else self.factor_offsets.shape[1]
+        width = self.n_classes * per_class + self.n_features
         budget = CUDA_CHUNK_BYTES if self.center.device.type == "cuda" else CHUNK_BYTES
         return max(1, budget // (8 * width))
 
     def squared_mahalanobis(self, X: Tensor) -> Tensor:
         """(n, C) squared Mahalanobis distances of ``X: (n, d)``; +inf for classes with no rows."""
         Xc = X - self.center
-        if self.structure == "tied":
+        if self.structure == "tied" or self.factors is not None:
             Z = Xc @ self.whitener
             D = (Z * Z).sum(1, keepdim=True) - 2 * Z @ self.whitened_means.T + self.mean_norms
+            if self.factors is not None:
+                Y = (Xc @ self.factors).view(X.shape[0], *self.factor_offsets.shape) - self.factor_offsets
+                D = self.scales * (D - (Y * Y).sum(-1))
         elif self.structure == "full":
             C, d = self.whitened_means.shape
             Z = (Xc @ self.whitener.permute(1, 0, 2).reshape(d, C * d)).view(-1, C, d)

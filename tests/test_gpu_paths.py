@@ -131,6 +131,18 @@ def test_cuda_fit_with_labels_on_the_device_equals_the_cpu_fit():
 
 
 @cuda
+def test_cuda_low_rank_full_head_equals_the_cpu_one():
+    """Classes of 6-20 rows in 64 dimensions: the per-class factors (pivoted Cholesky on the CPU) serve CUDA rows."""
+    X, y = classes(n=100, d=64, C=8)
+    cpu = OpenWorld(covariance="full", target_tpr=None).fit(X, y)
+    gpu = OpenWorld(covariance="full", target_tpr=None).fit(torch.from_numpy(X).cuda(), y)
+    assert cpu.head_.factors is not None and gpu.head_.factors is not None
+    Q = classes(seed=3, n=300, d=64, C=8)[0]
+    on_gpu = gpu.score_samples(torch.from_numpy(Q).cuda()).cpu().numpy()
+    np.testing.assert_allclose(on_gpu, cpu.score_samples(Q), rtol=1e-7, atol=1e-7)
+
+
+@cuda
 def test_cuda_tf32_scoring_keeps_the_float64_auroc():
     X, y = classes(n=20_000, d=64, C=20, seed=3)
     model = OpenWorld(target_tpr=None, random_state=0).fit(X, y)

@@ -228,11 +228,12 @@ class GaussianHead:
         if not bool((lam > 0).all()):
             return None
         shrunk_only = (lam >= 1).cpu().numpy()
-        factors_k = []
-        for k in range(means.shape[0]):  # C pivoted Choleskys, O(d r²) each: fitting cost, never scoring
-            raw = estimate.raw[k].detach().cpu().numpy()  # one class at a time: a full-rank class stops the loop
+        factors_k = [np.zeros((d, 0))] * means.shape[0]
+        # C pivoted Choleskys, O(d r²) each: fitting cost, never scoring. One class at a time, least shrunk
+        # (most rows) first, so that a class of full rank stops the loop before the others are factored.
+        for k in torch.argsort(lam).tolist():
+            raw = estimate.raw[k].detach().cpu().numpy()
             if shrunk_only[k] or not raw.trace() > 0:
-                factors_k.append(np.zeros((d, 0)))
                 continue
             c, piv, rank, _ = scipy_lapack.dpstrf(raw, lower=1)
             if rank > LOW_RANK_SHARE * d:
@@ -240,7 +241,7 @@ class GaussianHead:
             L = np.zeros((d, rank))
             L[piv[:rank] - 1] = np.tril(c)[:rank, :rank]
             L[piv[rank:] - 1] = np.tril(c)[rank:, :rank]
-            factors_k.append(L)
+            factors_k[k] = L
         r = max(1, max(f.shape[1] for f in factors_k))
         dtype, device = estimate.pooled.dtype, estimate.pooled.device
         L = torch.zeros(len(factors_k), d, r, dtype=dtype)

@@ -36,8 +36,10 @@ def _parse_shrinkage(value: str):
         _fail(f"--shrinkage must be auto, oas, none or a number in [0, 1], got {value!r}")
 
 
-def _features(path: Path, vectors: Optional[str], text: Optional[str], labels: Optional[str], progress: bool):
-    """(X, labels, encoder name or None) from a table; text is embedded (cached)."""
+def _features(path: Path, vectors: Optional[str], text: Optional[str], labels: Optional[str], progress: bool,
+              encoder_name: Optional[str] = None):
+    """(X, labels, encoder name or None) from a table; text is embedded (cached) by the encoder named
+    ``encoder_name`` (a saved model's ``embedding_model_``; None: the default encoder)."""
     from openworld.io.tables import read_table
 
     table = read_table(path, vector_column=vectors, text_column=text, label_column=labels)
@@ -45,7 +47,7 @@ def _features(path: Path, vectors: Optional[str], text: Optional[str], labels: O
         return table.vectors, table.labels, None
     from openworld.encoders.text import TextEncoder, embed_texts
 
-    encoder = TextEncoder(progress=progress)
+    encoder = TextEncoder(progress=progress) if encoder_name is None else TextEncoder.from_name(encoder_name, progress=progress)
     return embed_texts(table.texts, encoder=encoder, progress=progress), table.labels, encoder.name
 
 
@@ -58,7 +60,7 @@ def _model_and_features(model_path: Path, data: Path, vectors, text, labels, pro
 
     try:
         model = OpenWorld.load(model_path, device=device)
-        X, y, encoder = _features(data, vectors, text, labels, progress)
+        X, y, encoder = _features(data, vectors, text, labels, progress, model.embedding_model_)
     except (ValueError, FileNotFoundError, ImportError) as error:
         _fail(str(error))
     if encoder is not None and model.embedding_model_ != encoder:

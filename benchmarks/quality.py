@@ -72,7 +72,9 @@ COVARIANCES = ("tied", "full", "diag")
 #: Scores whose OOD score ignores ``covariance`` (it only changes their accuracy): run with one structure.
 SCORE_COVARIANCES = {
     "low_variance_mahalanobis": ("tied",),  # whitens with the pooled covariance whatever the structure
-    "covariance_ensemble": ("tied",),  # sums every structure's score whatever `covariance` is; that sets only posteriors
+    # Sums every structure's score whatever `covariance` is; that sets only its posteriors, so the structures tie on
+    # validation AUROC and validation accuracy decides between them (see `validation_rank`).
+    "covariance_ensemble": COVARIANCES,
 }
 #: Hyper-parameters of openworld scores, chosen on validation like every other.
 SCORE_GRIDS = {"low_variance_mahalanobis": {"dropped_variance": (0.1, 0.25, 0.5, 0.75, 0.9)}}
@@ -310,9 +312,10 @@ def stage_models(task, stage, fit, writer, *, method, family, setting, make, sco
                  extra_fn=None, fit_extra_s=0.0, proba_fn=None):
     """Fit ``make()`` on ``stage``'s fit set and record its scores (both stages when the fit is shared).
 
-    Classification (``classify_fn``) and ``extra_fn`` run on test rows only (accuracy is
-    reported on test; validation only chooses by AUROC). With ``proba_fn`` the score is
-    the highest posterior, and one ``predict_proba`` pass gives score and class alike.
+    Classification (``classify_fn``) runs on both stages: validation accuracy breaks ties in
+    validation AUROC (scores that differ only in their posteriors); ``extra_fn`` runs on test rows
+    only. With ``proba_fn`` the score is the highest posterior, and one ``predict_proba`` pass
+    gives score and class alike.
     """
     X, y = task.fit_set(stage)
     model, fit_s = _timed(lambda: fit(make(), X, y))
@@ -324,11 +327,10 @@ def stage_models(task, stage, fit, writer, *, method, family, setting, make, sco
             proba_in, t_in = _timed(proba_fn, model, X_in)
             proba_out, t_out = _timed(proba_fn, model, X_out)
             s_in, s_out, score_s = proba_in.max(1), proba_out.max(1), t_in + t_out
-            if st == "test":
-                pred, conf = _classify(proba_in)
+            pred, conf = _classify(proba_in)
         else:
             s_in, s_out, score_s = _score_both(lambda Z: score_fn(model, Z), X_in, X_out)
-            if classify_fn is not None and st == "test":
+            if classify_fn is not None:
                 pred, conf = classify_fn(model, X_in)
         if extra_fn is not None and st == "test":
             extra = extra_fn(model, X_in, X_out)
@@ -567,6 +569,9 @@ def evaluate_task(task, records: list[dict], arrays: dict) -> tuple[dict, list[d
                        "n_settings": len(candidates),
                        "fit_s": test["fit_s"], "score_s": test["score_s"],
                        "n_scored": int(arrays[f"{k}.in"].size + arrays[f"{k}.out"].size)})
+        if "pred" in entry["val"]["parts"]:
+            _, y_val, _ = task.scored("val")
+            result["val_accuracy"] = float((arrays[f"{entry['val']['key']}.pred"] == y_val).mean())
         if "pred" in test["parts"]:
             correct = arrays[f"{k}.pred"] == y_test
             result["accuracy"] = float(correct.mean())
@@ -582,7 +587,12 @@ def evaluate_task(task, records: list[dict], arrays: dict) -> tuple[dict, list[d
     return results, errors
 
 
-NUMERIC = ("auroc", "fpr95", "aupr_in", "aupr_out", "accuracy", "ece", "val_auroc", "fit_s", "score_s")
+NUMERIC = ("auroc", "fpr95", "aupr_in", "aupr_out", "accuracy", "ece", "val_auroc", "val_accuracy", "fit_s", "score_s")
+
+
+def validation_rank(result: dict) -> tuple[float, float]:
+    """How validation orders methods: AUROC, then (for exact ties, e.g. one score with other posteriors) accuracy."""
+    return result["val_auroc"], result.get("val_accuracy", -1.0)
 
 
 def aggregate(per_task: list[dict]) -> dict:
@@ -643,7 +653,7 @@ def select_per_seed(per_task: list[dict], family: str | None, exclude_family: st
                 and (family is None or k[0] == family) and (exclude_family is None or k[0] != exclude_family)}
         if not pool:
             return {}
-        key = max(sorted(pool), key=lambda k: pool[k]["val_auroc"])
+        key = max(sorted(pool), key=lambda k: validation_rank(pool[k]))
         picks.append((key, pool[key]))
     out = {field: float(np.mean([p[field] for _, p in picks])) for field in NUMERIC
            if all(field in p for _, p in picks)}
@@ -709,7 +719,7 @@ def render(work: Path, out: Path, argv: list[str] | None = None) -> str:
       "runs on the **same embeddings and splits in the same run**: openworld's configurations, its baselines "
       "(`openworld.evaluation.baselines`), scikit-learn's LDA/QDA, and pytorch-ood's detectors (in a separate "
       "environment, on the `.npz` files step 1 wrote). Hyper-parameters (and, for the *selected* rows, the "
-      "configuration itself) are chosen by **validation AUROC only**; test splits are only reported.")
+      "configuration itself) are chosen by **validation AUROC only** (exact ties: validation accuracy); test splits are only reported.")
     w("")
     embed_s = manifest.get("steps", {}).get("prepare", {}).get("embed_seconds")
     w(f"- Date: {finished.strftime('%Y-%m-%d %H:%M UTC')}; total run time {total_s / 60:.1f} min "
@@ -799,8 +809,8 @@ def render(work: Path, out: Path, argv: list[str] | None = None) -> str:
     w("AUROC, AUPR-in/out and FPR@95 take in-distribution as the positive class (openworld's convention). "
       "Accuracy (closed set, on the ID test rows) and top-label ECE (15 bins) where the method classifies. "
       "*setting* is the hyper-parameter value chosen on validation (open-set / MNIST: per seed). *val* is the "
-      "validation AUROC that chose it. **Bold**: each family's best mean validation AUROC (multi-seed groups pick "
-      f"per seed, see the headline). `{DEFAULT_METHOD}` has the scores of `relative_mahalanobis · tied` (its "
+      "validation AUROC that chose it. **Bold**: each family's best mean validation AUROC, exact ties broken by "
+      "validation accuracy (multi-seed groups pick per seed, see the headline). `{DEFAULT_METHOD}` has the scores of `relative_mahalanobis · tied` (its "
       "defaults) and is never the pick.")
     w("")
     for group, per_task in per_group.items():
@@ -817,7 +827,7 @@ def render(work: Path, out: Path, argv: list[str] | None = None) -> str:
         for family in (FAMILY_OPENWORLD, FAMILY_BASELINES, FAMILY_SKLEARN, FAMILY_PYTORCH_OOD):
             pool = {k: v for k, v in agg.items() if k[0] == family and selectable(k)}
             if pool:
-                picked[family] = max(sorted(pool), key=lambda k: pool[k]["val_auroc"])
+                picked[family] = max(sorted(pool), key=lambda k: validation_rank(pool[k]))
         seeds = len(per_task) > 1
         w("| family | method | setting | val | AUROC |" + (" sd |" if seeds else "")
           + " FPR@95 | AUPR-in | AUPR-out | acc. | ECE | fit s | score s |")
@@ -866,7 +876,8 @@ def render(work: Path, out: Path, argv: list[str] | None = None) -> str:
       "`low_variance_mahalanobis` only with `covariance=\"tied\"`, since it whitens with the pooled "
       f"covariance whatever the structure, and its `dropped_variance` in {SCORE_GRIDS.get('low_variance_mahalanobis', {}).get('dropped_variance')} "
       "chosen on validation; `covariance_ensemble` (the sum of the tied, diagonal and per-class relative Mahalanobis "
-      "scores) only with `covariance=\"tied\"`, which sets its posteriors and not its score; and the default `OpenWorld(random_state=0)` (relative Mahalanobis, tied, with "
+      "scores) with each covariance, which sets its posteriors and not its score (the three tie on validation AUROC; "
+      "validation accuracy picks one); and the default `OpenWorld(random_state=0)` (relative Mahalanobis, tied, with "
       "its cross-fitted working point, hence a longer fit). Accuracy is the argmax of `predict_proba`.")
     w(f"- **openworld baselines**: `CosineKNN(k)` for k in {s['knn_k_grid']}; `MaxSoftmax`, `Energy`, `MaxLogit` and "
       f"`ViM(dim=D)` (D = {', '.join(str(x) for x in s['vim_dim_shares'])} × d) on a shared multinomial "

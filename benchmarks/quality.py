@@ -69,10 +69,10 @@ MNIST_TEST_SHARE, MNIST_VAL_SHARE = 0.2, 0.25  # 20% test, then 25% of the rest 
 CNN_EPOCHS = 8
 
 COVARIANCES = ("tied", "full", "diag")
-#: Scores whose OOD score ignores ``covariance`` (it only changes their accuracy): run with one structure.
+#: Scores whose OOD score ignores ``covariance`` (it only changes their accuracy), and the structures they run with.
 SCORE_COVARIANCES = {
     "low_variance_mahalanobis": ("tied",),  # whitens with the pooled covariance whatever the structure
-    # Sums every structure's score whatever `covariance` is; that sets only its posteriors, so the structures tie on
+    # Sums every structure's score whatever `covariance` is, which sets only its posteriors: the structures tie on
     # validation AUROC and validation accuracy decides between them (see `validation_rank`).
     "covariance_ensemble": COVARIANCES,
 }
@@ -601,7 +601,7 @@ def aggregate(per_task: list[dict]) -> dict:
     for results in per_task[1:]:
         keys &= set(results)
     out = {}
-    for key in keys:
+    for key in sorted(keys):  # a set's order changes with the hash seed; the report must not
         rows = [results[key] for results in per_task]
         agg = {}
         for field in NUMERIC:
@@ -766,7 +766,8 @@ def render(work: Path, out: Path, argv: list[str] | None = None) -> str:
         ow = select_per_seed(per_task, FAMILY_OPENWORLD)
         peer = select_per_seed(per_task, None, exclude_family=FAMILY_OPENWORLD)
         agg = aggregate(per_task)
-        best_key = max(agg, key=lambda k: agg[k]["auroc"])
+        # Exact ties (one score, other posteriors) name the row validation ranks first.
+        best_key = max(sorted(agg), key=lambda k: (agg[k]["auroc"], validation_rank(agg[k])))
         headline[group] = (ow, peer, agg)
         w(f"| {GROUPS[group][0]} | {ow.get('name', '–')} | **{_f(ow.get('auroc'))}** | {_f(ow.get('fpr95'))} | "
           f"{_f(ow.get('accuracy'))} | {peer.get('name', '–')} [{', '.join(peer.get('family', []))}] | "
@@ -810,7 +811,8 @@ def render(work: Path, out: Path, argv: list[str] | None = None) -> str:
       "Accuracy (closed set, on the ID test rows) and top-label ECE (15 bins) where the method classifies. "
       "*setting* is the hyper-parameter value chosen on validation (open-set / MNIST: per seed). *val* is the "
       "validation AUROC that chose it. **Bold**: each family's best mean validation AUROC, exact ties broken by "
-      "validation accuracy (multi-seed groups pick per seed, see the headline). `{DEFAULT_METHOD}` has the scores of `relative_mahalanobis · tied` (its "
+      f"validation accuracy (multi-seed groups pick per seed, see the headline). `{DEFAULT_METHOD}` has the "
+      "scores of `relative_mahalanobis · tied` (its "
       "defaults) and is never the pick.")
     w("")
     for group, per_task in per_group.items():

@@ -77,7 +77,9 @@ SCORE_COVARIANCES = {
     "covariance_ensemble": COVARIANCES,
 }
 #: Hyper-parameters of openworld scores, chosen on validation like every other.
-SCORE_GRIDS = {"low_variance_mahalanobis": {"dropped_variance": (0.1, 0.25, 0.5, 0.75, 0.9)}}
+SCORE_GRIDS = {"low_variance_mahalanobis": {"dropped_variance": (0.1, 0.25, 0.5, 0.75, 0.9)},
+               # A fixed intensity shrinks the tied covariance toward μI and each class's toward the tied one.
+               "covariance_ensemble": {"shrinkage": ("auto", 0.45, 0.6, 0.75)}}
 LR_C_GRID = (1.0, 10.0, 100.0)
 KNN_K_GRID = (1, 5, 10, 20, 50, 100, 200)
 VIM_DIM_SHARES = (0.125, 0.25, 0.5, 0.75)  # principal-subspace dimension D as a share of d (ViM's "auto" = 0.5 below 768)
@@ -879,7 +881,9 @@ def render(work: Path, out: Path, argv: list[str] | None = None) -> str:
       f"covariance whatever the structure, and its `dropped_variance` in {SCORE_GRIDS.get('low_variance_mahalanobis', {}).get('dropped_variance')} "
       "chosen on validation; `covariance_ensemble` (the sum of the tied, diagonal and per-class relative Mahalanobis "
       "scores) with each covariance, which sets its posteriors and not its score (the three tie on validation AUROC; "
-      "validation accuracy picks one); and the default `OpenWorld(random_state=0)` (relative Mahalanobis, tied, with "
+      f"validation accuracy picks one), and its `shrinkage` in {SCORE_GRIDS.get('covariance_ensemble', {}).get('shrinkage')} "
+      "chosen on validation (a number is a fixed intensity: the tied covariance toward a multiple of the identity, "
+      "each class's toward the tied one); and the default `OpenWorld(random_state=0)` (relative Mahalanobis, tied, with "
       "its cross-fitted working point, hence a longer fit). Accuracy is the argmax of `predict_proba`.")
     w(f"- **openworld baselines**: `CosineKNN(k)` for k in {s['knn_k_grid']}; `MaxSoftmax`, `Energy`, `MaxLogit` and "
       f"`ViM(dim=D)` (D = {', '.join(str(x) for x in s['vim_dim_shares'])} × d) on a shared multinomial "

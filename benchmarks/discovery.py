@@ -44,11 +44,16 @@ def gcd_split(y_train: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     classes = np.unique(y_train)
     known = np.sort(rng.permutation(classes)[: int(round(KNOWN_SHARE * classes.size))])
-    labelled = np.zeros(y_train.size, dtype=bool)
-    for c in known:
-        rows = np.flatnonzero(y_train == c)
+    return known, labelled_mask(y_train, known, rng)
+
+
+def labelled_mask(y: np.ndarray, classes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A seeded LABELLED_SHARE of each of ``classes``' rows (at least one), drawn class by class in order."""
+    labelled = np.zeros(y.size, dtype=bool)
+    for c in classes:
+        rows = np.flatnonzero(y == c)
         labelled[rng.choice(rows, max(1, int(round(LABELLED_SHARE * rows.size))), replace=False)] = True
-    return known, labelled
+    return labelled
 
 
 def clustering_scores(truth: np.ndarray, predicted: np.ndarray, known: np.ndarray) -> dict:
@@ -102,11 +107,7 @@ def mnist_data(seed: int):
     train, test = holdout_split(labels, MNIST_TEST_SHARE, seed)
     y_train, y_test = labels[train].astype(str), labels[test].astype(str)
     known = np.array([str(k) for k in range(MNIST_KNOWN)])
-    rng = np.random.default_rng(seed)
-    labelled = np.zeros(train.size, dtype=bool)
-    for c in known:
-        rows = np.flatnonzero(y_train == c)
-        labelled[rng.choice(rows, max(1, int(round(LABELLED_SHARE * rows.size))), replace=False)] = True
+    labelled = labelled_mask(y_train, known, np.random.default_rng(seed))
     cnn = train_small_cnn(images[train][labelled], labels[train][labelled], seed=seed)
     encoder = TorchEncoder(cnn.backbone, progress=False, name=f"mnist5k-smallcnn-seed{seed}")
     return (encoder.encode(images[train]), y_train, encoder.encode(images[test]), y_test), known, labelled
@@ -166,11 +167,7 @@ def validation_splits():
     X = np.concatenate([embed_texts(data[s][0]) for s in ("train", "val")]).astype(np.float32)
     y = np.concatenate([np.asarray(data[s][1]).astype(str) for s in ("train", "val")])
     splits = [(seed, *gcd_split(y, seed)) for seed in VALIDATION_SEEDS]
-    all_known = np.zeros(y.size, dtype=bool)
-    rng = np.random.default_rng(VALIDATION_SEEDS[0])
-    for c in np.unique(y):
-        rows = np.flatnonzero(y == c)
-        all_known[rng.choice(rows, int(round(LABELLED_SHARE * rows.size)), replace=False)] = True
+    all_known = labelled_mask(y, np.unique(y), np.random.default_rng(VALIDATION_SEEDS[0]))
     splits.append(("all known", np.unique(y), all_known))
     return X, y, splits
 

@@ -543,6 +543,7 @@ def evaluate_task(task, records: list[dict], arrays: dict) -> tuple[dict, list[d
         label = setting_label(rec["setting"])
         by_method.setdefault(key, {}).setdefault(label, {"setting": rec["setting"]})[rec["stage"]] = rec
     _, y_test, _ = task.scored("test")
+    _, y_val, _ = task.scored("val")
     results = {}
     for key, settings in by_method.items():
         candidates = []
@@ -572,7 +573,6 @@ def evaluate_task(task, records: list[dict], arrays: dict) -> tuple[dict, list[d
                        "fit_s": test["fit_s"], "score_s": test["score_s"],
                        "n_scored": int(arrays[f"{k}.in"].size + arrays[f"{k}.out"].size)})
         if "pred" in entry["val"]["parts"]:
-            _, y_val, _ = task.scored("val")
             result["val_accuracy"] = float((arrays[f"{entry['val']['key']}.pred"] == y_val).mean())
         if "pred" in test["parts"]:
             correct = arrays[f"{k}.pred"] == y_test

@@ -333,7 +333,8 @@ def _load_results(path: Path):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/discovery.md"))
-    parser.add_argument("--datasets", nargs="+", default=["CLINC150", "HWU64", "MNIST-5k"])
+    parser.add_argument("--datasets", nargs="*", default=["CLINC150", "HWU64", "MNIST-5k"],
+                        help="datasets of the test protocol (none: only --validate and --scale)")
     parser.add_argument("--validate", action="store_true", help="also run the validation on CLINC150 train + val rows")
     parser.add_argument("--scale", action="store_true", help="also time 100k × 384 rows")
     parser.add_argument("--results", type=Path, default=Path(".cache/bench/discovery-results.json"),
@@ -348,6 +349,8 @@ def main(argv=None) -> None:
         return
     rows = []
     validation = validate() if args.validate else []
+    if validation:
+        print(f"validation rule chooses {choose_settings(validation)}", flush=True)
     for dataset in args.datasets:
         if dataset == "MNIST-5k":
             for seed in SEEDS:

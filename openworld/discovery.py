@@ -36,9 +36,15 @@ from the model's statistics — no stored examples:
    known data, not a new class: it is folded back; a known cluster whose rows
    it mostly rejects was taken over by a new class. This is what keeps
    all-known data near 0 new classes.
-6. **Refinement.** Swap moves at fixed K (remove the cheapest new cluster,
-   split the most costly one, keep it if the k-means objective drops) escape
-   the local optima that plain k-means gets stuck in.
+6. **Refinement.** At the number of new classes now fixed, the clusters are
+   also found afresh: k-means (several k-means++ starts) on the 30% of rows
+   farthest from every known anchor, where known classes are thin.
+   Split/merge grows new clusters out of known ones, and a new class that a
+   known cluster absorbed early tends to stay shared between them; seeded
+   among the far rows it is found whole. Both starts then take swap moves at
+   fixed K (remove the cheapest new cluster, split the most costly one, keep
+   it if the objective drops), and the one with the lower k-means objective
+   is kept.
 
 Settings (:class:`Settings`, :data:`DEFAULT_SETTINGS`) were chosen on validation
 splits of CLINC150's train and validation rows, including one where every class
@@ -58,6 +64,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from sklearn.cluster import KMeans
 
 from openworld.core.covariance import estimate_covariance
 from openworld.core.gaussian import cholesky_whitener
@@ -86,6 +93,8 @@ GAUSSIAN_SEPARATION = 2 / math.pi  # variance share between the halves of a Gaus
 TAKEN_REJECTED = 0.65  # a known cluster whose rows are rejected more often than this was taken by a new class
 MAX_ROUNDS = 15  # split/merge rounds; each adds or removes components until no test says otherwise
 SWAP_ROUNDS = 10
+FAR_QUANTILE = 0.7  # fresh starts seed among the rows farther from the anchors than this quantile (chosen on validation)
+FRESH_STARTS = 3  # k-means++ starts of the fresh k-means among the far rows
 KMEANS_ITERATIONS = 100
 CHUNK_ROWS = 16_384
 NEW_PREFIX = "new-"
@@ -159,7 +168,7 @@ def discover(model, X: Tensor, n_new="auto", *, settings: Settings | None = None
     else:
         k = min(int(n_new), n)
         centroids = torch.cat([anchors, _greedy_seeds(Z, anchors, k, rng)]) if k else anchors
-    centroids = _swap(Z, anchors, anchor_weights, centroids, rng)
+    centroids = _restart_among_far_rows(Z, anchors, anchor_weights, centroids, rng, reseed=n_new != "auto")
     assignment, _, centroids = _kmeans(Z, anchors, anchor_weights, centroids, reseed=n_new != "auto")
     is_first = np.zeros(X_all.shape[0], dtype=bool)  # the first copy of each distinct row
     is_first[np.unique(copy_of.cpu().numpy(), return_index=True)[1]] = True
@@ -515,6 +524,26 @@ def _swap(Z: Tensor, anchors, anchor_weights, centroids: Tensor, rng) -> Tensor:
         else:
             break
     return centroids
+
+
+def _restart_among_far_rows(Z: Tensor, anchors, anchor_weights, centroids: Tensor, rng, reseed: bool) -> Tensor:
+    """Refine ``centroids`` at their number of new clusters, and also find that many afresh by k-means among
+    the rows farther from every anchor than the FAR_QUANTILE row; after swap moves, the start with the lower
+    objective wins (a new class that a known cluster absorbed during split/merge is found whole there)."""
+    C = anchors.shape[0]
+    k = centroids.shape[0] - C
+    refined = _swap(Z, anchors, anchor_weights, centroids, rng)
+    if k == 0:
+        return refined
+    _, to_anchor = _assign(Z, anchors)
+    far = Z[to_anchor >= float(np.quantile(to_anchor.cpu().numpy(), FAR_QUANTILE))]
+    if far.shape[0] <= k:
+        return refined
+    seeds = KMeans(k, n_init=FRESH_STARTS, random_state=int(rng.integers(2**31))).fit(far.cpu().numpy())
+    fresh = torch.cat([anchors, torch.as_tensor(seeds.cluster_centers_, dtype=Z.dtype, device=Z.device)])
+    fresh = _swap(Z, anchors, anchor_weights, fresh, rng)
+    objectives = [float(_kmeans(Z, anchors, anchor_weights, start, reseed)[1]) for start in (refined, fresh)]
+    return fresh if objectives[1] < objectives[0] else refined
 
 
 # ---------------------------------------------------------------------------------------- result

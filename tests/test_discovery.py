@@ -309,3 +309,31 @@ def test_a_wide_new_class_is_one_class():
     assert result.n_new == 1
     is_wide = y[~labelled] == "wide"
     assert np.mean(result.labels[is_wide] == result.clusters[0].name) > 0.95  # its rows together, as one class
+
+
+def test_a_fresh_start_among_far_rows_finds_a_new_class_a_known_cluster_absorbed(monkeypatch):
+    """Split/merge can end with one new class cut in two and another shared with a known cluster; k-means
+    among the rows far from the anchors finds both whole, and the start with the lower objective is kept."""
+    from openworld import discovery
+
+    monkeypatch.setattr(discovery, "SWAP_ROUNDS", 0)  # no swap moves: the start alone decides
+    rng = np.random.default_rng(7)
+    d, per = 8, 200
+    anchors = torch.as_tensor(np.eye(d)[:3] * 20.0, dtype=torch.float32)
+    new_means = np.stack([-20.0 * np.eye(d)[3], 20.0 * np.eye(d)[0] + 7.0 * np.eye(d)[4]])  # the second near known 0
+    means = np.concatenate([anchors.numpy(), new_means])
+    truth = np.repeat(np.arange(5), per)
+    Z = torch.as_tensor(means[truth] + rng.normal(size=(truth.size, d)), dtype=torch.float32)
+    weights = torch.full((3,), 10.0)
+    # the bad start: both new centroids inside the first new class, the second new class left to known 0
+    cut = torch.as_tensor(new_means[:1] + np.array([[0.0, 0, 0, 0, 1, 0, 0, 0], [0.0, 0, 0, 0, -1, 0, 0, 0]]),
+                          dtype=torch.float32)
+    start = torch.cat([anchors, cut])
+    bad_assignment, bad_objective, _ = discovery._kmeans(Z, anchors, weights, start)
+    assert _accuracy(truth, bad_assignment.numpy()) < 0.9  # the start alone stays wrong
+
+    chosen = discovery._restart_among_far_rows(Z, anchors, weights, start, np.random.default_rng(0), reseed=False)
+    assignment, objective, _ = discovery._kmeans(Z, anchors, weights, chosen)
+    assert _accuracy(truth, assignment.numpy()) == 1.0
+    assert (assignment[truth < 3].numpy() == truth[truth < 3]).all()  # known rows stay with their anchors
+    assert float(objective) < float(bad_objective)

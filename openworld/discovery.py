@@ -169,8 +169,8 @@ def discover(model, X: Tensor, n_new="auto", *, settings: Settings | None = None
     else:
         k = min(int(n_new), n)
         centroids = torch.cat([anchors, _greedy_seeds(Z, anchors, k, rng)]) if k else anchors
-    centroids = _restart_among_far_rows(Z, anchors, anchor_weights, centroids, rng, reseed=n_new != "auto")
-    assignment, _, centroids = _kmeans(Z, anchors, anchor_weights, centroids, reseed=n_new != "auto")
+    assignment, _, centroids = _restart_among_far_rows(Z, anchors, anchor_weights, centroids, rng,
+                                                       reseed=n_new != "auto")
     is_first = np.zeros(X_all.shape[0], dtype=bool)  # the first copy of each distinct row
     is_first[np.unique(copy_of.cpu().numpy(), return_index=True)[1]] = True
     return _result(model, X_all, W, assignment[copy_of], centroids.shape[0], owner, C, representatives, is_first)
@@ -527,13 +527,15 @@ def _swap(Z: Tensor, anchors, anchor_weights, centroids: Tensor, rng) -> Tensor:
     return centroids
 
 
-def _restart_among_far_rows(Z: Tensor, anchors, anchor_weights, centroids: Tensor, rng, reseed: bool) -> Tensor:
+def _restart_among_far_rows(Z: Tensor, anchors, anchor_weights, centroids: Tensor, rng,
+                            reseed: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Refine ``centroids`` at their number of new clusters, and also find that many afresh by k-means among
     the rows farther from every anchor than the FAR_QUANTILE row; after swap moves, the start with the lower
-    objective wins (a new class that a known cluster absorbed during split/merge is found whole there)."""
+    objective wins (a new class that a known cluster absorbed during split/merge is found whole there).
+    Returns the winner's final k-means (assignment, objective, centroids)."""
     C = anchors.shape[0]
     k = centroids.shape[0] - C
-    refined = _swap(Z, anchors, anchor_weights, centroids, rng)
+    refined = _kmeans(Z, anchors, anchor_weights, _swap(Z, anchors, anchor_weights, centroids, rng), reseed)
     if k == 0:
         return refined
     _, to_anchor = _assign(Z, anchors)
@@ -542,9 +544,8 @@ def _restart_among_far_rows(Z: Tensor, anchors, anchor_weights, centroids: Tenso
         return refined
     seeds = KMeans(k, n_init=FRESH_STARTS, random_state=int(rng.integers(2**31))).fit(far.cpu().numpy())
     fresh = torch.cat([anchors, torch.as_tensor(seeds.cluster_centers_, dtype=Z.dtype, device=Z.device)])
-    fresh = _swap(Z, anchors, anchor_weights, fresh, rng)
-    objectives = [float(_kmeans(Z, anchors, anchor_weights, start, reseed)[1]) for start in (refined, fresh)]
-    return fresh if objectives[1] < objectives[0] else refined
+    fresh = _kmeans(Z, anchors, anchor_weights, _swap(Z, anchors, anchor_weights, fresh, rng), reseed)
+    return fresh if float(fresh[1]) < float(refined[1]) else refined
 
 
 # ---------------------------------------------------------------------------------------- result

@@ -332,8 +332,8 @@ def test_a_fresh_start_among_far_rows_finds_a_new_class_a_known_cluster_absorbed
     bad_assignment, bad_objective, _ = discovery._kmeans(Z, anchors, weights, start)
     assert _accuracy(truth, bad_assignment.numpy()) < 0.9  # the start alone stays wrong
 
-    chosen = discovery._restart_among_far_rows(Z, anchors, weights, start, np.random.default_rng(0), reseed=False)
-    assignment, objective, _ = discovery._kmeans(Z, anchors, weights, chosen)
+    assignment, objective, _ = discovery._restart_among_far_rows(Z, anchors, weights, start,
+                                                                 np.random.default_rng(0), reseed=False)
     assert _accuracy(truth, assignment.numpy()) == 1.0
     assert (assignment[truth < 3].numpy() == truth[truth < 3]).all()  # known rows stay with their anchors
     assert float(objective) < float(bad_objective)

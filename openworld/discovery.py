@@ -46,10 +46,14 @@ from the model's statistics — no stored examples:
    it if the objective drops), and the one with the lower k-means objective
    is kept.
 
-Settings (:class:`Settings`, :data:`DEFAULT_SETTINGS`) were chosen on validation
-splits of CLINC150's train and validation rows, including one where every class
-is known (``benchmarks/discovery.py --validate``; rule and table in
-docs/discovery.md).
+Settings (:class:`Settings`): two candidates (:data:`CANDIDATE_SETTINGS`) were
+chosen on validation splits of CLINC150's train and validation rows, including
+one where every class is known (``benchmarks/discovery.py --validate``; rule and
+table in docs/discovery.md). Unless settings are given, each call picks one of
+them on its own data: a copy of the model forgets a quarter of its classes, and
+the candidate that rediscovers them best among the rows wins (the known classes
+are the validation fold; :func:`_calibrated_settings`). This costs one more run
+per candidate.
 
 Cost: each k-means step is one (n × d × K) product, chunked, so memory is
 O(n·d + K·d) and never n × n.
@@ -57,6 +61,7 @@ O(n·d + K·d) and never n × n.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 import warnings
@@ -64,6 +69,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 
 from openworld.core.covariance import estimate_covariance
@@ -84,10 +90,15 @@ class Settings:
     fold_rejected_ratio: float
 
 
-# Chosen on validation splits of CLINC150's train and validation rows by the rule printed in docs/discovery.md
-# (benchmarks/discovery.py --validate), before the far-row restart. With it the rule prefers
-# Settings(0.9, 2.0, 3.0), which splits MNIST-5k's 3 new digits into 61 clusters on one seed (README, discovery).
-DEFAULT_SETTINGS = Settings(split_quantile=0.9, noise_edge=1.0, fold_rejected_ratio=2.0)
+# Candidates chosen on validation splits of CLINC150's train and validation rows (benchmarks/discovery.py
+# --validate; docs/discovery.md): the validation rule's choice, and the former default, which never split a
+# diffuse class into dozens (the rule's choice cut MNIST-5k's 3 new digits into 61 clusters on one seed).
+# Unless settings are given, discover picks between them on the data at hand (_calibrated_settings).
+CANDIDATE_SETTINGS = (Settings(split_quantile=0.9, noise_edge=1.0, fold_rejected_ratio=2.0),
+                      Settings(split_quantile=0.9, noise_edge=2.0, fold_rejected_ratio=3.0))
+HIDDEN_SHARE = 0.25  # share of the known classes hidden to calibrate the settings (as new as in the GCD protocol)
+MIN_CLASSES_TO_CALIBRATE = 4  # fewer known classes: the first candidate, nothing left to hide
+CONFIDENT_SHARE = 0.5  # calibration is scored on the rows the model finds most typical (its labels are right there)
 MIN_NEW_ROWS = 4  # a new class needs at least this many distinct rows
 SPLIT_MIN_ROWS = 2 * MIN_NEW_ROWS  # fewer rows cannot be halved into two testable halves
 GAUSSIAN_SEPARATION = 2 / math.pi  # variance share between the halves of a Gaussian cut at its mean
@@ -122,13 +133,14 @@ class Discovery:
     ``is_new`` (n,): rows in new clusters; ``clusters``: one
     :class:`NewCluster` per new class. ``rows`` holds the rows of new clusters
     (only until adopted) so that :meth:`openworld.OpenWorld.adopt` needs no
-    second pass over the data.
+    second pass over the data. ``settings``: those the clusters were found with.
     """
 
     labels: np.ndarray
     is_new: np.ndarray
     clusters: list[NewCluster]
     rows: Tensor | None = field(default=None, repr=False)
+    settings: Settings | None = None
 
     @property
     def n_new(self) -> int:
@@ -142,10 +154,50 @@ class Discovery:
 def discover(model, X: Tensor, n_new="auto", *, settings: Settings | None = None, representatives: int = 5,
              random_state=None) -> Discovery:
     """Cluster ``X`` (already validated, on the model's device) into known classes and new ones
-    (``settings``: :data:`DEFAULT_SETTINGS` unless given)."""
+    (``settings``: chosen among :data:`CANDIDATE_SETTINGS` on ``X`` unless given)."""
     if n_new != "auto" and (isinstance(n_new, bool) or not isinstance(n_new, (int, np.integer)) or n_new < 0):
         raise ValueError(f"n_new must be 'auto' or an int >= 0, got {n_new!r}")
     rng = np.random.default_rng(random_state)
+    if settings is None:
+        settings = _calibrated_settings(model, X, n_new, rng)
+    return _discover(model, X, n_new, settings, representatives, rng)
+
+
+def _calibrated_settings(model, X: Tensor, n_new, rng: np.random.Generator) -> Settings:
+    """The candidate settings that best rediscover known classes hidden from the model.
+
+    A copy of the model forgets a seeded HIDDEN_SHARE of its classes (exactly, from the statistics), so
+    that among ``X`` they are as new as the classes to be found; discover runs with each candidate, and
+    its labels are matched (one Hungarian matching) to the full model's own labels on the rows it finds
+    most typical. The known classes thus serve as the validation fold for the data at hand — settings
+    that cut one class into pieces, or merge classes, rediscover them worse.
+    """
+    present = model.classes_[np.unique(model.component_class_[(model.statistics_.weights > 0).cpu().numpy()])]
+    if len(CANDIDATE_SETTINGS) == 1 or present.size < MIN_CLASSES_TO_CALIBRATE:
+        return CANDIDATE_SETTINGS[0]
+    hidden = rng.choice(present, size=max(1, round(HIDDEN_SHARE * present.size)), replace=False)
+    blind = copy.deepcopy(model).forget(hidden)
+    scores = torch.as_tensor(model.score_samples(X)).cpu().numpy()
+    typical = scores >= np.quantile(scores, 1 - CONFIDENT_SHARE)
+    truth = model.classes_[torch.as_tensor(model.predict_proba(X)).argmax(1).cpu().numpy()][typical]
+    asked = n_new if n_new == "auto" else int(n_new) + hidden.size
+    seed = int(rng.integers(2**31))
+    matched = [_matched_share(truth, _discover(blind, X, asked, candidate, 0, np.random.default_rng(seed)).labels[typical])
+               for candidate in CANDIDATE_SETTINGS]
+    return CANDIDATE_SETTINGS[int(np.argmax(matched))]
+
+
+def _matched_share(truth: np.ndarray, labels: np.ndarray) -> float:
+    """Share of rows whose label matches ``truth`` under the best one-to-one matching of labels to truths."""
+    true_values, true_index = np.unique(truth.astype(str), return_inverse=True)
+    label_values, label_index = np.unique(labels.astype(str), return_inverse=True)
+    counts = np.zeros((true_values.size, label_values.size))
+    np.add.at(counts, (true_index, label_index), 1)
+    rows, columns = linear_sum_assignment(-counts)
+    return float(counts[rows, columns].sum() / max(truth.size, 1))
+
+
+def _discover(model, X: Tensor, n_new, settings: Settings, representatives: int, rng: np.random.Generator) -> Discovery:
     stats = model.statistics_
     present = (stats.weights > 0).nonzero().flatten()
     # A repeated row is no new evidence about how many classes there are: cluster distinct rows.
@@ -155,7 +207,6 @@ def discover(model, X: Tensor, n_new="auto", *, settings: Settings | None = None
     center, W, anchors, noise = _space(stats.select(present.tolist()), model.shrinkage, spherical)
     Z = (X.double() - center).to(X.dtype) @ W.to(X.dtype)
     Z = (_normalise(Z) if spherical else Z).double()
-    settings = settings or DEFAULT_SETTINGS
     Z, anchors = _signal_subspace(Z, anchors, noise * settings.noise_edge)
     Z, anchors = Z.float(), anchors.float()
     anchor_weights = stats.weights[present].float().to(Z.device)
@@ -173,7 +224,9 @@ def discover(model, X: Tensor, n_new="auto", *, settings: Settings | None = None
                                                        reseed=n_new != "auto")
     is_first = np.zeros(X_all.shape[0], dtype=bool)  # the first copy of each distinct row
     is_first[np.unique(copy_of.cpu().numpy(), return_index=True)[1]] = True
-    return _result(model, X_all, W, assignment[copy_of], centroids.shape[0], owner, C, representatives, is_first)
+    result = _result(model, X_all, W, assignment[copy_of], centroids.shape[0], owner, C, representatives, is_first)
+    result.settings = settings
+    return result
 
 
 # ------------------------------------------------------------------------------------- the space

@@ -313,7 +313,9 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         a new cluster's name, and per new cluster its size, center and the
         ``representatives`` rows nearest it (to name it). ``n_new``: ``"auto"``
         estimates the number of new classes, an int fixes it. ``adopt=True``
-        adds the new clusters as classes (see :meth:`adopt`).
+        adds the new clusters as classes (see :meth:`adopt`). Its settings are
+        picked on ``X`` by rediscovering classes hidden from a copy of the model
+        (``result.settings``; :mod:`openworld.discovery`).
         """
         from openworld.discovery import discover
 

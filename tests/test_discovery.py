@@ -337,3 +337,34 @@ def test_a_fresh_start_among_far_rows_finds_a_new_class_a_known_cluster_absorbed
     assert _accuracy(truth, assignment.numpy()) == 1.0
     assert (assignment[truth < 3].numpy() == truth[truth < 3]).all()  # known rows stay with their anchors
     assert float(objective) < float(bad_objective)
+
+
+def test_settings_are_the_candidate_that_rediscovers_hidden_known_classes(mixed, monkeypatch):
+    """Unless settings are given, discover hides a quarter of the known classes from a copy of the model and
+    keeps the candidate that finds them again best: one that finds nothing new loses, in either order."""
+    from openworld import discovery
+
+    model, X, y, known = mixed
+    good = discovery.CANDIDATE_SETTINGS[0]
+    blind = discovery.Settings(split_quantile=0.999, noise_edge=1.0, fold_rejected_ratio=50.0)
+    monkeypatch.setattr(discovery, "CANDIDATE_SETTINGS", (blind,))  # one candidate: nothing to choose
+    alone = model.discover(X)
+    assert alone.settings == blind and alone.n_new == 0  # it is wrong on these rows
+    for candidates in [(blind, good), (good, blind)]:
+        monkeypatch.setattr(discovery, "CANDIDATE_SETTINGS", candidates)
+        result = model.discover(X)
+        assert result.settings == good
+        assert result.n_new == N_CLASSES - N_KNOWN
+        assert _accuracy(y, result.labels) > 0.95
+    monkeypatch.setattr(discovery, "CANDIDATE_SETTINGS", (blind, good))
+    few = ow.OpenWorld(random_state=0).fit(*_blobs(n_classes=3, per_class=30, d=DIMENSIONS, seed=9))
+    assert few.discover(X).settings == blind  # 3 known classes: nothing to hide, the first candidate
+
+
+def test_matched_share_is_the_best_one_to_one_matching():
+    from openworld.discovery import _matched_share
+
+    truth = np.array(["a", "a", "a", "b", "b", "c"])
+    labels = np.array(["x", "x", "y", "y", "y", "y"])  # y would fit b and c: only one of them gets it
+    assert _matched_share(truth, labels) == pytest.approx(4 / 6)
+    assert _matched_share(truth, np.array(["p", "p", "p", "q", "q", "r"])) == 1.0  # names do not matter

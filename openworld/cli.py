@@ -293,6 +293,7 @@ def discover_command(
     for cluster in result.clusters:
         table.add_row(cluster.name, str(cluster.size), ", ".join(str(i) for i in cluster.representatives))
     console.print(table)
+    console.print(str(result.settings), highlight=False)  # the candidate discover chose on these rows
     if report is not None:
         from openworld.evaluation.report import write_discovery_html
 

@@ -262,6 +262,7 @@ def test_command_line_discover_writes_clusters_and_the_adopted_model(tmp_path, m
     table = pq.read_table(tmp_path / "clusters.parquet").to_pydict()
     np.testing.assert_array_equal(np.asarray(table["cluster"]), expected.labels.astype(str))
     assert int(np.sum(table["representative"])) == 5 * expected.n_new
+    assert str(expected.settings) in result.output
     page = (tmp_path / "d.html").read_text()
     assert page.count("<circle") >= len(y) and all(name in page for name in expected.names)
     adopted = ow.OpenWorld.load(tmp_path / "a.safetensors")

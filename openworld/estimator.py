@@ -306,22 +306,24 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         self._keep_classes(keep)
         return self
 
-    def discover(self, X, n_new="auto", adopt=False, names=None, representatives=5):
+    def discover(self, X, n_new="auto", adopt=False, names=None, representatives=5, settings=None):
         """Find new classes among unlabelled rows ``X`` (known and new classes mixed).
 
         Returns a :class:`openworld.discovery.Discovery`: per row a known label or
         a new cluster's name, and per new cluster its size, center and the
         ``representatives`` rows nearest it (to name it). ``n_new``: ``"auto"``
         estimates the number of new classes, an int fixes it. ``adopt=True``
-        adds the new clusters as classes (see :meth:`adopt`). Its settings are
-        picked on ``X`` by rediscovering classes hidden from a copy of the model
-        (``result.settings``; :mod:`openworld.discovery`).
+        adds the new clusters as classes (see :meth:`adopt`). ``settings`` (an
+        :class:`openworld.discovery.Settings`) fixes the method's settings; by
+        default they are picked on ``X`` by rediscovering classes hidden from a
+        copy of the model (``result.settings`` says which; :mod:`openworld.discovery`).
         """
         from openworld.discovery import discover
 
         self._check_fitted()
         X, _ = as_features(X, n_features=self.n_features_in_, name=type(self).__name__, device=self.statistics_.device)
-        result = discover(self, X, n_new, representatives=representatives, random_state=self.random_state)
+        result = discover(self, X, n_new, settings=settings, representatives=representatives,
+                          random_state=self.random_state)
         if adopt:
             self.adopt(result, names)
         return result

@@ -348,8 +348,7 @@ def test_settings_are_the_candidate_that_rediscovers_hidden_known_classes(mixed,
     model, X, y, known = mixed
     good = discovery.CANDIDATE_SETTINGS[0]
     blind = discovery.Settings(split_quantile=0.999, noise_edge=1.0, fold_rejected_ratio=50.0)
-    monkeypatch.setattr(discovery, "CANDIDATE_SETTINGS", (blind,))  # one candidate: nothing to choose
-    alone = model.discover(X)
+    alone = model.discover(X, settings=blind)  # settings given: used as they are
     assert alone.settings == blind and alone.n_new == 0  # it is wrong on these rows
     for candidates in [(blind, good), (good, blind)]:
         monkeypatch.setattr(discovery, "CANDIDATE_SETTINGS", candidates)

@@ -176,7 +176,9 @@ def _calibrated_settings(model, X: Tensor, n_new, rng: np.random.Generator) -> S
     if len(CANDIDATE_SETTINGS) == 1 or present.size < MIN_CLASSES_TO_CALIBRATE:
         return CANDIDATE_SETTINGS[0]
     hidden = rng.choice(present, size=max(1, round(HIDDEN_SHARE * present.size)), replace=False)
-    blind = copy.deepcopy(model).forget(hidden)
+    # A shallow copy: forget replaces the statistics, heads and working point rather than changing them, so
+    # the model is untouched and only the kept classes' statistics are copied (not all C·d² of them).
+    blind = copy.copy(model).forget(hidden)
     scores = torch.as_tensor(model.score_samples(X)).cpu().numpy()
     typical = scores >= np.quantile(scores, 1 - CONFIDENT_SHARE)
     truth = model.classes_[torch.as_tensor(model.predict_proba(X)).argmax(1).cpu().numpy()][typical]

@@ -350,12 +350,18 @@ def test_settings_are_the_candidate_that_rediscovers_hidden_known_classes(mixed,
     blind = discovery.Settings(split_quantile=0.999, noise_edge=1.0, fold_rejected_ratio=50.0)
     alone = model.discover(X, settings=blind)  # settings given: used as they are
     assert alone.settings == blind and alone.n_new == 0  # it is wrong on these rows
+    classes, scatters, threshold, scores = (model.classes_.copy(), model.statistics_.scatters.clone(),
+                                            model.threshold_, model.score_samples(X))
     for candidates in [(blind, good), (good, blind)]:
         monkeypatch.setattr(discovery, "CANDIDATE_SETTINGS", candidates)
         result = model.discover(X)
         assert result.settings == good
         assert result.n_new == N_CLASSES - N_KNOWN
         assert _accuracy(y, result.labels) > 0.95
+    # the model that lent its classes is untouched by the copy that forgot some
+    np.testing.assert_array_equal(model.classes_, classes)
+    assert torch.equal(model.statistics_.scatters, scatters) and model.threshold_ == threshold
+    np.testing.assert_array_equal(model.score_samples(X), scores)
     monkeypatch.setattr(discovery, "CANDIDATE_SETTINGS", (blind, good))
     few = ow.OpenWorld(random_state=0).fit(*_blobs(n_classes=3, per_class=30, d=DIMENSIONS, seed=9))
     assert few.discover(X).settings == blind  # 3 known classes: nothing to hide, the first candidate

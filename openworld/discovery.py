@@ -179,9 +179,9 @@ def _calibrated_settings(model, X: Tensor, n_new, rng: np.random.Generator) -> S
     # A shallow copy: forget replaces the statistics, heads and working point rather than changing them, so
     # the model is untouched and only the kept classes' statistics are copied (not all C·d² of them).
     blind = copy.copy(model).forget(hidden)
-    scores = torch.as_tensor(model.score_samples(X)).cpu().numpy()
-    typical = scores >= np.quantile(scores, 1 - CONFIDENT_SHARE)
-    truth = model.classes_[torch.as_tensor(model.predict_proba(X)).argmax(1).cpu().numpy()][typical]
+    posteriors, scores = (torch.as_tensor(v).cpu() for v in model.predict_proba_and_score(X))  # one pass
+    typical = (scores >= np.quantile(scores.numpy(), 1 - CONFIDENT_SHARE)).numpy()
+    truth = model.classes_[posteriors.argmax(1).numpy()][typical]
     asked = n_new if n_new == "auto" else int(n_new) + hidden.size
     seed = int(rng.integers(2**31))
     matched = [_matched_share(truth, _discover(blind, X, asked, candidate, 0, np.random.default_rng(seed)).labels[typical])

@@ -162,7 +162,7 @@ def fit(
     text: Optional[str] = typer.Option(None, help="Text column to embed instead of vectors."),
     covariance: str = typer.Option("tied", help="tied | full | diag"),
     shrinkage: str = typer.Option("auto", help="auto (Ledoit-Wolf) | oas | none | a number in [0, 1]"),
-    score: str = typer.Option("auto", help="auto | mahalanobis | relative_mahalanobis | likelihood | low_variance_mahalanobis | covariance_ensemble"),
+    score: str = typer.Option("auto", help="auto | mahalanobis | relative_mahalanobis | likelihood | low_variance_mahalanobis | covariance_ensemble | kernel_density"),
     priors: str = typer.Option("uniform", help="uniform | empirical"),
     target_tpr: float = typer.Option(0.95, help="Share of in-distribution rows to keep (0 < t < 1)."),
     reject: bool = typer.Option(True, help="--no-reject: never answer unknown (target_tpr=None)."),

@@ -71,3 +71,14 @@ def test_mismatched_partitions_are_refused(client, data):
     X, y = data
     with pytest.raises(ValueError, match="partition them alike"):
         owd.fit(da.from_array(X, chunks=(700, 10)), da.from_array(y, chunks=900))
+
+
+def test_kernel_density_fit_gathers_its_row_sample_from_the_partitions(client):
+    """Under capacity the sample merged from the partitions holds every row, once."""
+    rng = np.random.default_rng(3)
+    X = np.vstack([rng.normal(0, 1, (400, 3)), rng.normal(6, 1, (400, 3))])
+    model = owd.fit(da.from_array(X, chunks=(300, 3)), score="kernel_density", target_tpr=None, random_state=0)
+    assert len(model.kernel_sample_.rows) == len(X)
+    rows = np.asarray(model.kernel_sample_.rows)
+    np.testing.assert_array_equal(np.sort(rows, axis=0), np.sort(X, axis=0))
+    assert np.isfinite(model.score_samples(X)).all()

@@ -107,6 +107,20 @@ class RowSample:
             self.capacity, rows.index_select(0, index), labels[keep], weights.index_select(0, index), priorities[keep]
         )
 
+    def capped(self, capacity: int) -> RowSample:
+        """The rows of the ``capacity`` smallest priorities: the sample a smaller capacity would have kept."""
+        if self.rows is None:
+            return RowSample(capacity)
+        return self.subset(_smallest(self.priorities, capacity), capacity)
+
+    def subset(self, keep: np.ndarray, capacity: int | None = None) -> RowSample:
+        """The rows at positions ``keep`` (in their order)."""
+        index = torch.as_tensor(keep, dtype=torch.long, device=self.rows.device)
+        return RowSample(
+            self.capacity if capacity is None else capacity, self.rows.index_select(0, index), self.labels[keep],
+            self.weights.index_select(0, index), self.priorities[keep],
+        )
+
     def folds(self, n_folds: int) -> np.ndarray:
         """Fold of each sampled row (m,): by rank of priority, so the split is fixed by the priorities."""
         if self.priorities.size and bool((np.diff(self.priorities) >= 0).all()):

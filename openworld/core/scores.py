@@ -23,6 +23,10 @@ computes anyway, so scoring adds no second pass over the classes.
   so ``covariance="full"`` costs no extra memory (and gave the most accurate
   posteriors on docs/benchmarks.md's datasets).
 
+- ``kernel_density``: the log density of a Gaussian kernel density estimate over
+  a sample of the fitted rows (:mod:`openworld.core.kernel_density`), for normal
+  data of many modes that no single Gaussian per class follows. It keeps rows.
+
 ``"auto"`` is relative Mahalanobis with two classes or more and Mahalanobis
 with one, where a class compared with itself carries no signal.
 """
@@ -32,7 +36,10 @@ from __future__ import annotations
 import torch
 
 Tensor = torch.Tensor
-SCORES = ("mahalanobis", "relative_mahalanobis", "likelihood", "low_variance_mahalanobis", "covariance_ensemble")
+SCORES = (
+    "mahalanobis", "relative_mahalanobis", "likelihood", "low_variance_mahalanobis", "covariance_ensemble",
+    "kernel_density",
+)
 #: The covariance structures whose relative Mahalanobis scores ``covariance_ensemble`` sums.
 ENSEMBLE_STRUCTURES = ("tied", "diag", "full")
 

@@ -93,7 +93,7 @@ def fit(X, y=None, *, sample_weight=None, **params) -> OpenWorld:
     seed = int(model._rng().integers(2**31))
     task = delayed(_partition_state, pure=True)
     states = [
-        task(i, xp, yp, wp, seed, model._uses_held_out_working_point(), type(model).__name__)
+        task(i, xp, yp, wp, seed, model._needs_row_sample(), type(model).__name__)
         for i, (xp, yp, wp) in enumerate(zip(x_parts, y_parts, w_parts))
     ]
     (merged,) = compute(_tree_reduce(states))

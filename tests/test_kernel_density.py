@@ -1,0 +1,190 @@
+"""score="kernel_density": the one score that keeps rows, checked against brute force and scikit-learn."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import logsumexp
+from sklearn.metrics import roc_auc_score
+from sklearn.neighbors import KernelDensity as SklearnKernelDensity
+
+from openworld import OpenWorld
+from openworld.core.kernel_density import (
+    BANDWIDTH_FACTORS,
+    KERNEL_DENSITY_ROWS,
+    VALIDATION_EVERY,
+    KernelDensity,
+    feature_moments,
+    scott_bandwidth,
+)
+
+
+def ring(rng, n, radius=5.0, noise=0.3, offset=0.0):
+    """Normal rows on a circle: their mean, the ring's centre, is where no normal row lies."""
+    angle = rng.uniform(0, 2 * np.pi, n)
+    return np.c_[radius * np.cos(angle), radius * np.sin(angle)] + rng.normal(0, noise, (n, 2)) + offset
+
+
+def brute_log_density(rows, weights, center, scale, bandwidth, X):
+    """log Σ_i w_i N(x; r_i, (h·scale)²) by a plain loop-free NumPy sum, in the units of the raw features."""
+    R, Q = (rows - center) / scale, (X - center) / scale
+    d2 = ((Q[:, None, :] - R[None, :, :]) ** 2).sum(-1)
+    w = weights / weights.sum()
+    d = rows.shape[1]
+    return (logsumexp(-d2 / (2 * bandwidth**2), b=w[None, :], axis=1)
+            - d * np.log(bandwidth) - 0.5 * d * np.log(2 * np.pi) - np.log(scale).sum())
+
+
+def test_log_density_equals_brute_force_and_scikit_learn_far_from_zero():
+    rng = np.random.default_rng(0)
+    # Columns of very different scales, sitting far from the origin: the scaling and centering are exercised.
+    rows = rng.normal(0, 1, (200, 3)) * np.array([1.0, 50.0, 0.01]) + np.array([1e4, -3e3, 7.0])
+    weights = rng.uniform(0.5, 2.0, 200)
+    center, scale = rows.mean(0), rows.std(0)
+    density = KernelDensity.build(torch.from_numpy(rows), torch.from_numpy(weights), torch.from_numpy(center),
+                                  torch.from_numpy(scale), bandwidth=0.4)
+    X = rows[:20] + rng.normal(0, 0.5, (20, 3)) * scale
+    ours = density.log_density(torch.from_numpy(X)).numpy()
+    np.testing.assert_allclose(ours, brute_log_density(rows, weights, center, scale, 0.4, X), rtol=1e-10)
+    reference = SklearnKernelDensity(bandwidth=0.4).fit((rows - center) / scale, sample_weight=weights)
+    np.testing.assert_allclose(ours, reference.score_samples((X - center) / scale) - np.log(scale).sum(), rtol=1e-8)
+
+
+def test_leave_one_out_scores_each_row_by_the_density_of_the_others():
+    rng = np.random.default_rng(1)
+    rows, weights = rng.normal(0, 1, (40, 4)), rng.uniform(0.5, 2.0, 40)
+    center, scale = np.zeros(4), np.ones(4)
+    density = KernelDensity.build(*map(torch.from_numpy, (rows, weights, center, scale)), bandwidth=0.7)
+    ours = density.log_density(torch.from_numpy(rows), leave_one_out=True).numpy()
+    others = [
+        brute_log_density(np.delete(rows, i, 0), np.delete(weights, i), center, scale, 0.7, rows[i : i + 1])[0]
+        for i in range(len(rows))
+    ]
+    np.testing.assert_allclose(ours, others, rtol=1e-10)
+
+
+def test_bandwidth_is_the_grid_point_with_the_best_held_out_likelihood():
+    """The same choice as a loop over the grid with scikit-learn's KernelDensity on the same split."""
+    rng = np.random.default_rng(2)
+    rows = np.vstack([ring(rng, 300), rng.normal(0, 0.2, (100, 2))])
+    rows = rows[rng.permutation(len(rows))]
+    weights = np.ones(len(rows))
+    density = KernelDensity.build(torch.from_numpy(rows), torch.from_numpy(weights), torch.zeros(2), torch.ones(2))
+    held_out = np.arange(len(rows)) % VALIDATION_EVERY == 0
+    base = scott_bandwidth(int((~held_out).sum()), 2)
+    likelihoods = [
+        SklearnKernelDensity(bandwidth=f * base).fit(rows[~held_out]).score_samples(rows[held_out]).mean()
+        for f in BANDWIDTH_FACTORS
+    ]
+    best = BANDWIDTH_FACTORS[int(np.argmax(likelihoods))]
+    assert 0 < np.argmax(likelihoods) < len(BANDWIDTH_FACTORS) - 1  # an interior optimum: the grid is wide enough
+    assert density.bandwidth == pytest.approx(best * scott_bandwidth(len(rows), 2), rel=1e-12)
+
+
+def test_feature_moments_match_numpy_over_all_classes():
+    rng = np.random.default_rng(3)
+    X = np.vstack([rng.normal(0, 1, (50, 3)), rng.normal(5, 2, (70, 3))])
+    X[:, 2] = 4.0  # a constant column gets a floor, not a zero scale
+    model = OpenWorld(score="kernel_density").fit(X, np.repeat([0, 1], [50, 70]))
+    stats = model.statistics_
+    mean, std = feature_moments(stats.weights, stats.means, stats.scatters)
+    np.testing.assert_allclose(mean.numpy(), X.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(std.numpy()[:2], X.std(0)[:2], rtol=1e-10)
+    assert 0 < std[2] < 1e-5 * std.max()
+
+
+def test_kernel_density_sees_a_ring_that_mahalanobis_cannot():
+    """Anomalies at the ring's centre sit at the mean of the normal rows: a single Gaussian calls them typical."""
+    rng = np.random.default_rng(4)
+    train, normal_test = ring(rng, 2000), ring(rng, 500)
+    anomalies = rng.normal(0, 0.5, (200, 2))
+    X, is_normal = np.vstack([normal_test, anomalies]), np.r_[np.ones(500), np.zeros(200)]
+    gaussian = roc_auc_score(is_normal, OpenWorld().fit(train).score_samples(X))
+    kde = roc_auc_score(is_normal, OpenWorld(score="kernel_density").fit(train).score_samples(X))
+    assert gaussian < 0.5 < 0.95 < kde
+
+
+def test_false_alarm_rate_on_unseen_normal_rows_matches_the_target():
+    rng = np.random.default_rng(5)
+    model = OpenWorld(score="kernel_density", target_tpr=0.95, random_state=0).fit(ring(rng, 20_000))
+    assert len(model.kernel_sample_.rows) == KERNEL_DENSITY_ROWS  # a sample, not every row
+    kept = (model.predict(ring(rng, 20_000)) != "unknown").mean()
+    assert abs(kept - 0.95) < 0.015
+
+
+def test_save_and_load_keep_the_sample_scores_and_threshold(tmp_path):
+    rng = np.random.default_rng(6)
+    model = OpenWorld(score="kernel_density", random_state=0).fit(ring(rng, 500), rng.integers(0, 2, 500))
+    model.save(tmp_path / "m.safetensors")
+    loaded = OpenWorld.load(tmp_path / "m.safetensors")
+    X = ring(rng, 50, noise=1.0)
+    np.testing.assert_array_equal(loaded.score_samples(X), model.score_samples(X))
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+    assert loaded.threshold_ == model.threshold_
+
+
+def test_partial_fit_merges_new_rows_into_the_sample():
+    rng = np.random.default_rng(7)
+    first, second = ring(rng, 300), ring(rng, 300, offset=20.0)  # a second mode, far away
+    model = OpenWorld(score="kernel_density", random_state=0).fit(first)
+    assert (model.predict(ring(rng, 100, offset=20.0)) == "unknown").all()
+    model.partial_fit(second)
+    assert len(model.kernel_sample_.rows) == 600  # under capacity: every row is kept
+    assert (model.predict(ring(rng, 1000, offset=20.0)) != "unknown").mean() > 0.9
+    # The scores are those of a kernel density built on the merged sample with the merged statistics.
+    center, scale = feature_moments(model.statistics_.weights, model.statistics_.means, model.statistics_.scatters)
+    rebuilt = KernelDensity.build(model.kernel_sample_.rows, model.kernel_sample_.weights, center, scale)
+    X = torch.from_numpy(ring(rng, 50, offset=10.0))
+    np.testing.assert_allclose(model.score_samples(X), rebuilt.log_density(X), rtol=1e-12)
+
+
+def test_partial_fit_over_capacity_keeps_a_uniform_sample_of_all_rows():
+    rng = np.random.default_rng(8)
+    model = OpenWorld(score="kernel_density", random_state=0).fit(rng.normal(0, 1, (6000, 2)), np.zeros(6000, int))
+    model.partial_fit(rng.normal(0, 1, (3000, 2)), np.ones(3000, int))
+    labels = model.kernel_sample_.labels
+    assert len(labels) == KERNEL_DENSITY_ROWS
+    share = (labels == 1).mean()  # a third of all rows; binomial spread ±0.007
+    assert abs(share - 1 / 3) < 0.03
+
+
+def test_forget_drops_the_class_rows_from_the_sample_like_a_fit_without_them():
+    """With the same random_state and the kept class's rows first, a fit on them draws the same priorities."""
+    rng = np.random.default_rng(9)
+    X = np.vstack([ring(rng, 300), rng.normal(0, 0.3, (200, 2))])
+    y = np.repeat([0, 1], [300, 200])
+    model = OpenWorld(score="kernel_density", random_state=0).fit(X, y).forget([1])
+    alone = OpenWorld(score="kernel_density", random_state=0).fit(X[:300], y[:300])
+    assert set(model.kernel_sample_.labels.tolist()) == {0}
+    Q = rng.normal(0, 3, (100, 2))
+    np.testing.assert_allclose(model.score_samples(Q), alone.score_samples(Q), rtol=1e-6)
+    assert model.threshold_ == pytest.approx(alone.threshold_, rel=1e-6)
+
+
+def test_one_row_and_constant_columns_give_finite_scores():
+    one = OpenWorld(score="kernel_density").fit(np.array([[1.0, 2.0, 3.0]]))
+    assert np.isfinite(one.score_samples(np.array([[1.0, 2.0, 3.5]]))).all()
+    rng = np.random.default_rng(10)
+    X = np.c_[rng.normal(0, 1, (100, 2)), np.full(100, 7.0)]
+    model = OpenWorld(score="kernel_density").fit(X)
+    scores = model.score_samples(np.c_[rng.normal(0, 1, (10, 2)), np.full(10, 7.0)])
+    assert np.isfinite(scores).all()
+    # Off the constant column is far less typical than any row on it.
+    assert model.score_samples(np.array([[0.0, 0.0, 7.5]]))[0] < scores.min()
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda m, X, y: m.unlearn(X[:5], y[:5]), "unlearn is exact only"),
+        (lambda m, X, y: m.forget([0]), "no sampled row"),
+        (lambda m, X, y: OpenWorld(score="kernel_density", components="auto").fit(X, y), "components=1"),
+    ],
+)
+def test_what_a_row_sample_cannot_do_is_a_clear_error(call, message):
+    rng = np.random.default_rng(11)
+    X, y = rng.normal(0, 1, (20_000, 2)), np.r_[np.zeros(19_999, int), 1]
+    model = OpenWorld(score="kernel_density", random_state=0).fit(X, y)
+    assert not (model.kernel_sample_.labels == 1).any()  # the lone row of class 1 was not sampled (4,096 of 20,000)
+    with pytest.raises(ValueError, match=message):
+        call(model, X, y)
+    assert set(model.classes_.tolist()) == {0, 1}  # a refused call leaves the model as it was

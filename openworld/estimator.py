@@ -42,6 +42,15 @@ WORKING_POINT_FOLDS = 5
 AS_SAVED = object()  # OpenWorld.load: keep the saved device parameter
 
 
+def kernel_rows(sample: RowSample) -> RowSample:
+    """The rows a kernel density keeps: the ``KERNEL_DENSITY_ROWS`` of smallest priority among those of positive weight."""
+    if sample.rows is not None:
+        sample = sample.subset(np.flatnonzero(sample.weights.cpu().numpy() > 0))
+    if sample.rows is None or sample.rows.shape[0] == 0:
+        raise ValueError("score='kernel_density' needs rows of positive sample weight to estimate a density from")
+    return sample.capped(KERNEL_DENSITY_ROWS)
+
+
 def _package_version() -> str:
     from openworld import __version__
 
@@ -180,7 +189,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         self.n_features_in_ = state.statistics.n_features
         self.statistics_ = state.statistics
         self.component_class_ = np.arange(len(self.classes_))
-        self.kernel_sample_ = sample.capped(KERNEL_DENSITY_ROWS) if self._keeps_rows() else None
+        self.kernel_sample_ = kernel_rows(sample) if self._keeps_rows() else None
         # Small dense algebra and fold models: single-threaded torch, independent tasks on Python threads
         # (one on a GPU, where threads only contend to queue its kernels: 1.7 times faster measured on an H100).
         workers = 1 if self.statistics_.device.type == "cuda" else torch.get_num_threads()
@@ -229,7 +238,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         if self._needs_row_sample():
             sample = sample.offer(X, labels, weights, self._rng().random(X.shape[0]))
         if self._keeps_rows():
-            self.kernel_sample_ = sample.capped(KERNEL_DENSITY_ROWS)
+            self.kernel_sample_ = kernel_rows(sample)
             self._refresh()  # the kernel density of the kept rows
         self._place_working_point(sample)
         return self
@@ -242,6 +251,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         """
         if not hasattr(self, "statistics_"):
             return self.fit(X, y, sample_weight)
+        self._check_fitted()
         X, _ = as_features(X, n_features=self.n_features_in_, name=type(self).__name__, device=self.statistics_.device)
         labels = self._labels_or_one_class(y, X.shape[0])
         self._check_label_type(labels)
@@ -268,7 +278,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             self.statistics_ = self.statistics_.merge(self._accumulate(X, class_index, weights))
         if self._keeps_rows():
             fresh = RowSample(KERNEL_DENSITY_ROWS).offer(X, labels, weights, self._rng().random(X.shape[0]))
-            self.kernel_sample_ = self.kernel_sample_.merge(fresh)
+            self.kernel_sample_ = kernel_rows(self.kernel_sample_.merge(fresh))
         self._refresh()
         if self.target_tpr is not None and self.working_point == "gaussian":
             self.threshold_ = self._gaussian_threshold()
@@ -481,6 +491,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             tensors["kernel_sample.weights"] = sample.weights.cpu()
             tensors["kernel_sample.priorities"] = torch.from_numpy(np.asarray(sample.priorities, dtype=np.float64))
             tensors["kernel_sample.class_index"] = torch.from_numpy(np.searchsorted(self.classes_, sample.labels).astype(np.int64))
+            tensors["kernel_sample.bandwidth"] = torch.tensor([self.kernel_density_.bandwidth], dtype=torch.float64)
         params = self.get_params()
         params["priors"] = params["priors"] if isinstance(params["priors"], str) else np.asarray(params["priors"]).tolist()
         params["device"] = None if params["device"] is None else str(params["device"])
@@ -526,15 +537,18 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             model.threshold_ = manifest["threshold"]
             model.embedding_model_ = manifest["embedding_model"]
             model.held_out_scores_ = None
-            model.kernel_sample_ = None
+            model.kernel_sample_, bandwidth = None, None
             if "kernel_sample.rows" in tensors:
+                class_index, rows = tensors["kernel_sample.class_index"].numpy(), tensors["kernel_sample.rows"]
+                if rows.ndim != 2 or rows.shape[1] != model.n_features_in_ or not (
+                    (class_index >= 0) & (class_index < len(classes))
+                ).all():
+                    raise ValueError("the kernel density's row sample does not match the classes and features")
                 model.kernel_sample_ = RowSample(
-                    KERNEL_DENSITY_ROWS,
-                    tensors["kernel_sample.rows"],
-                    model.classes_[tensors["kernel_sample.class_index"].numpy()],
-                    tensors["kernel_sample.weights"],
+                    KERNEL_DENSITY_ROWS, rows, model.classes_[class_index], tensors["kernel_sample.weights"],
                     tensors["kernel_sample.priorities"].numpy(),
                 )
+                bandwidth = float(tensors["kernel_sample.bandwidth"][0])
             if model._keeps_rows() != (model.kernel_sample_ is not None):
                 raise ValueError("score='kernel_density' needs its row sample, and only it keeps one")
             if manifest["held_out_represents"] is not None:
@@ -545,7 +559,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
                 )
         except (KeyError, TypeError, ValueError) as error:
             raise ModelFileError(f"{str(path)!r} has an incomplete or inconsistent manifest: {error}") from None
-        model._refresh()
+        model._refresh(kernel_bandwidth=bandwidth)  # the saved bandwidth: scores match the saved threshold
         return model
 
     # ------------------------------------------------------------------ internals
@@ -596,6 +610,11 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             from sklearn.exceptions import NotFittedError
 
             raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet. Call 'fit' first.")
+        if self._keeps_rows() != (self.kernel_sample_ is not None):
+            raise ValueError(
+                "score was switched to or from 'kernel_density' after fitting: only a kernel density keeps rows, "
+                "so refit with the new score"
+            )
 
     def _features(self, X) -> tuple[Tensor, InputKind]:
         self._check_fitted()
@@ -711,8 +730,9 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         zero_log_prior = torch.zeros(1, dtype=cov.dtype, device=cov.device)
         return GaussianHead.build(mean[None], bg_estimate, zero_log_prior, head.center, self.shrinkage is not None)
 
-    def _refresh(self) -> None:
-        """Re-derive everything from the statistics (after fit, partial_fit, forget, unlearn, load)."""
+    def _refresh(self, kernel_bandwidth: float | None = None) -> None:
+        """Re-derive everything from the statistics (after fit, partial_fit, forget, unlearn, load);
+        the kernel density from its row sample, with ``kernel_bandwidth`` or one chosen afresh."""
         n_present = int((self._class_weights(self.statistics_) > 0).sum())
         self.score_ = score_functions.resolve_score(self.score, n_present)
         if self.score == "auto" and n_present == 1 and self._is_mixture():
@@ -720,7 +740,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             # their weights and spreads; the mixture density is the model that was fitted.
             self.score_ = "likelihood"
         self.head_, self.score_head_ = self._heads(self.statistics_)
-        self.kernel_density_ = None if self.kernel_sample_ is None else self._kernel_density()
+        self.kernel_density_ = None if self.kernel_sample_ is None else self._kernel_density(kernel_bandwidth)
         # Heads cast to other dtypes/devices, built on first use. Concurrent scorers may
         # both build one; the results are identical, so no lock is needed.
         self._device_heads = {}
@@ -807,7 +827,9 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         """
         head, second = heads if heads is not None else self._heads_for(X.dtype, X.device)
         # The ensemble's per-class and diagonal members subtract two distances: no TF32 for them either.
-        with tf32_products(head.structure == "tied" and not isinstance(second, RelativeEnsemble), X.device):
+        # So does the kernel density's expanded distance ‖x‖² − 2x·r + ‖r‖².
+        exact = isinstance(second, RelativeEnsemble) or self.score_ == "kernel_density"
+        with tf32_products(head.structure == "tied" and not exact, X.device):
             return self._evaluate_chunks(X, head, second, want_log_joint, want_argmax, want_logits, want_scores)
 
     def _evaluate_chunks(self, X, head, second, want_log_joint, want_argmax, want_logits, want_scores):
@@ -865,11 +887,11 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             out.append(D.gather(1, class_index[part, None].to(D.device))[:, 0])
         return torch.cat(out)
 
-    def _kernel_density(self) -> KernelDensity:
+    def _kernel_density(self, bandwidth: float | None = None) -> KernelDensity:
         """The kernel density of the row sample, features scaled by their spread in the statistics."""
         sample, stats = self.kernel_sample_, self.statistics_
         center, scale = feature_moments(stats.weights, stats.means, stats.scatters)
-        return KernelDensity.build(sample.rows, sample.weights, center, scale)
+        return KernelDensity.build(sample.rows, sample.weights, center, scale, bandwidth)
 
     def _place_kernel_working_point(self) -> None:
         """Threshold from the sampled rows' leave-one-out densities: each scored as a row the density never saw."""

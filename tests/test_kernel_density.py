@@ -188,3 +188,54 @@ def test_what_a_row_sample_cannot_do_is_a_clear_error(call, message):
     with pytest.raises(ValueError, match=message):
         call(model, X, y)
     assert set(model.classes_.tolist()) == {0, 1}  # a refused call leaves the model as it was
+
+
+def test_rows_of_zero_weight_are_not_kept_and_the_scores_stay_finite():
+    rng = np.random.default_rng(12)
+    X, weights = rng.normal(0, 1, (20_000, 2)), np.zeros(20_000)
+    weights[:50] = 1.0  # the uniform sample of 4,096 rows would hold about ten of them
+    model = OpenWorld(score="kernel_density", random_state=0).fit(X, sample_weight=weights)
+    assert len(model.kernel_sample_.rows) == 50
+    assert np.isfinite(model.score_samples(X[:10])).all() and np.isfinite(model.threshold_)
+
+
+def test_switching_to_or_from_kernel_density_after_fitting_asks_for_a_refit(tmp_path):
+    rng = np.random.default_rng(13)
+    X = rng.normal(0, 1, (200, 2))
+    model = OpenWorld().fit(X).set_params(score="kernel_density")
+    with pytest.raises(ValueError, match="refit"):
+        model.partial_fit(X[:10])
+    assert float(model.statistics_.weights.sum()) == 200  # refused before anything changed
+    kde = OpenWorld(score="kernel_density").fit(X).set_params(score="auto")
+    with pytest.raises(ValueError, match="refit"):
+        kde.save(tmp_path / "m.safetensors")
+    with pytest.raises(ValueError, match="refit"):
+        kde.predict(X[:3])
+
+
+def test_load_uses_the_saved_bandwidth(tmp_path, monkeypatch):
+    rng = np.random.default_rng(14)
+    model = OpenWorld(score="kernel_density").fit(ring(rng, 300))
+    model.save(tmp_path / "m.safetensors")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("load chose the bandwidth again instead of reading it")
+
+    monkeypatch.setattr("openworld.core.kernel_density.select_bandwidth", refuse)
+    loaded = OpenWorld.load(tmp_path / "m.safetensors")
+    assert loaded.kernel_density_.bandwidth == model.kernel_density_.bandwidth
+
+
+def test_float32_rows_and_trimming_work_with_the_kernel_density():
+    """Trimming is by the Gaussian distance: hidden anomalies far out are trimmed and never sampled."""
+    rng = np.random.default_rng(15)
+    hidden = rng.normal(15, 0.3, (60, 2))  # 2% of the training rows
+    train = np.vstack([ring(rng, 3000), hidden]).astype(np.float32)
+    far_out = lambda rows: int((np.asarray(rows) > 10).all(1).sum())  # noqa: E731
+    trimmed = OpenWorld(score="kernel_density", contamination=0.02, random_state=0).fit(train)
+    untrimmed = OpenWorld(score="kernel_density", random_state=0).fit(train)
+    assert trimmed.kernel_sample_.rows.dtype == torch.float32
+    assert far_out(untrimmed.kernel_sample_.rows) == 60 and far_out(trimmed.kernel_sample_.rows) == 0
+    X = np.vstack([ring(rng, 500), rng.normal(15, 0.3, (100, 2))]).astype(np.float32)
+    is_normal = np.r_[np.ones(500), np.zeros(100)]
+    assert roc_auc_score(is_normal, trimmed.score_samples(X)) > 0.99 > roc_auc_score(is_normal, untrimmed.score_samples(X))

@@ -237,9 +237,9 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         sample = RowSample(WORKING_POINT_ROWS)
         if self._needs_row_sample():
             sample = sample.offer(X, labels, weights, self._rng().random(X.shape[0]))
-        if self._keeps_rows():
+        if self._keeps_rows():  # the heads were built above; only the kernel density waited for the kept rows
             self.kernel_sample_ = kernel_rows(sample)
-            self._refresh()  # the kernel density of the kept rows
+            self.kernel_density_ = self._kernel_density()
         self._place_working_point(sample)
         return self
 

@@ -101,11 +101,7 @@ class RowSample:
         labels = np.concatenate([self.labels, other.labels])
         weights = torch.cat([self.weights, other.weights.to(self.weights.device)])
         priorities = np.concatenate([self.priorities, other.priorities])
-        keep = _smallest(priorities, self.capacity)
-        index = torch.as_tensor(keep, device=rows.device)
-        return RowSample(
-            self.capacity, rows.index_select(0, index), labels[keep], weights.index_select(0, index), priorities[keep]
-        )
+        return RowSample(self.capacity, rows, labels, weights, priorities).capped(self.capacity)
 
     def capped(self, capacity: int) -> RowSample:
         """The rows of the ``capacity`` smallest priorities: the sample a smaller capacity would have kept."""

@@ -27,7 +27,13 @@ from openworld.core.covariance import (
     validate_structure,
 )
 from openworld.core.gaussian import GaussianHead, RelativeEnsemble, TiedRelativeScorer
-from openworld.core.kernel_density import KERNEL_DENSITY_ROWS, KernelDensity, feature_moments
+from openworld.core.kernel_density import (
+    CALIBRATION_ROWS,
+    KERNEL_DENSITY_ROWS,
+    MIN_CALIBRATION_ROWS,
+    KernelDensity,
+    feature_moments,
+)
 from openworld.core.mixture import fit_class_components, segment_logsumexp, validate_components
 from openworld.core.precision import tf32_products
 from openworld.core.statistics import ClassStatistics, one_torch_thread, run_tasks
@@ -43,12 +49,13 @@ AS_SAVED = object()  # OpenWorld.load: keep the saved device parameter
 
 
 def kernel_rows(sample: RowSample) -> RowSample:
-    """The rows a kernel density keeps: the ``KERNEL_DENSITY_ROWS`` of smallest priority among those of positive weight."""
+    """The rows a kernel density keeps, those of smallest priority among the rows of positive weight: up to
+    ``KERNEL_DENSITY_ROWS`` for the density, then up to ``CALIBRATION_ROWS`` held out of it for the working point."""
     if sample.rows is not None:
         sample = sample.subset(np.flatnonzero(sample.weights.cpu().numpy() > 0))
     if sample.rows is None or sample.rows.shape[0] == 0:
         raise ValueError("score='kernel_density' needs rows of positive sample weight to estimate a density from")
-    return sample.capped(KERNEL_DENSITY_ROWS)
+    return sample.capped(KERNEL_DENSITY_ROWS + CALIBRATION_ROWS)
 
 
 def _package_version() -> str:
@@ -74,7 +81,8 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
     principal components that ``score="low_variance_mahalanobis"`` leaves out
     (Rippel et al. 2020). ``score="kernel_density"`` scores by a Gaussian
     kernel density over a sample of up to 4,096 fitted rows (normal data of
-    many modes): the one score that keeps rows; ``partial_fit`` and ``forget``
+    many modes), and places its working point on up to 4,096 more held out of
+    the density: the one score that keeps rows; ``partial_fit`` and ``forget``
     update the sample, ``unlearn`` is refused. An
     ``embedding_model_`` attribute, when set (the command line sets it), names
     the encoder the features came from and is saved with the model.
@@ -277,7 +285,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         else:
             self.statistics_ = self.statistics_.merge(self._accumulate(X, class_index, weights))
         if self._keeps_rows():
-            fresh = RowSample(KERNEL_DENSITY_ROWS).offer(X, labels, weights, self._rng().random(X.shape[0]))
+            fresh = RowSample(KERNEL_DENSITY_ROWS + CALIBRATION_ROWS).offer(X, labels, weights, self._rng().random(X.shape[0]))
             self.kernel_sample_ = kernel_rows(self.kernel_sample_.merge(fresh))
         self._refresh()
         if self.target_tpr is not None and self.working_point == "gaussian":
@@ -545,7 +553,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
                 ).all():
                     raise ValueError("the kernel density's row sample does not match the classes and features")
                 model.kernel_sample_ = RowSample(
-                    KERNEL_DENSITY_ROWS, rows, model.classes_[class_index], tensors["kernel_sample.weights"],
+                    KERNEL_DENSITY_ROWS + CALIBRATION_ROWS, rows, model.classes_[class_index], tensors["kernel_sample.weights"],
                     tensors["kernel_sample.priorities"].numpy(),
                 )
                 bandwidth = float(tensors["kernel_sample.bandwidth"][0])
@@ -888,17 +896,26 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         return torch.cat(out)
 
     def _kernel_density(self, bandwidth: float | None = None) -> KernelDensity:
-        """The kernel density of the row sample, features scaled by their spread in the statistics."""
-        sample, stats = self.kernel_sample_, self.statistics_
+        """The kernel density of the row sample's first rows, features scaled by their spread in the statistics."""
+        sample, stats = self.kernel_sample_.capped(KERNEL_DENSITY_ROWS), self.statistics_
         center, scale = feature_moments(stats.weights, stats.means, stats.scatters)
         return KernelDensity.build(sample.rows, sample.weights, center, scale, bandwidth)
 
     def _place_kernel_working_point(self) -> None:
-        """Threshold from the sampled rows' leave-one-out densities: each scored as a row the density never saw."""
-        sample = self.kernel_sample_
-        values = self.kernel_density_.log_density(sample.rows, leave_one_out=True).double().cpu().numpy()
+        """Threshold from the scores of kept rows the density never saw: the calibration rows held out of it
+        (exchangeable with unseen rows, so the conformal rate holds), joined by the density rows' leave-one-out
+        scores while fewer than ``MIN_CALIBRATION_ROWS`` are held out."""
+        density_rows = self.kernel_sample_.capped(KERNEL_DENSITY_ROWS)
+        held_out = self.kernel_sample_.beyond(KERNEL_DENSITY_ROWS)
+        parts = []
+        if held_out.rows is not None and held_out.rows.shape[0]:
+            parts.append((self.kernel_density_.log_density(held_out.rows), held_out.labels))
+        if held_out.rows is None or held_out.rows.shape[0] < MIN_CALIBRATION_ROWS:
+            parts.append((self.kernel_density_.log_density(density_rows.rows, leave_one_out=True), density_rows.labels))
+        values = np.concatenate([scores.double().cpu().numpy() for scores, _ in parts])
+        labels = np.concatenate([labels for _, labels in parts])
         self.held_out_scores_ = HeldOutScores(
-            values, np.searchsorted(self.classes_, sample.labels), float(self.statistics_.weights.sum())
+            values, np.searchsorted(self.classes_, labels), float(self.statistics_.weights.sum())
         )
         self.threshold_ = conformal_threshold(values, self.target_tpr)
 

@@ -10,7 +10,9 @@ from sklearn.neighbors import KernelDensity as SklearnKernelDensity
 from openworld import OpenWorld
 from openworld.core.kernel_density import (
     BANDWIDTH_FACTORS,
+    CALIBRATION_ROWS,
     KERNEL_DENSITY_ROWS,
+    MIN_CALIBRATION_ROWS,
     VALIDATION_EVERY,
     KernelDensity,
     feature_moments,
@@ -106,9 +108,38 @@ def test_kernel_density_sees_a_ring_that_mahalanobis_cannot():
 def test_false_alarm_rate_on_unseen_normal_rows_matches_the_target():
     rng = np.random.default_rng(5)
     model = OpenWorld(score="kernel_density", target_tpr=0.95, random_state=0).fit(ring(rng, 20_000))
-    assert len(model.kernel_sample_.rows) == KERNEL_DENSITY_ROWS  # a sample, not every row
+    assert len(model.kernel_sample_.rows) == KERNEL_DENSITY_ROWS + CALIBRATION_ROWS  # a sample, not every row
     kept = (model.predict(ring(rng, 20_000)) != "unknown").mean()
     assert abs(kept - 0.95) < 0.015
+
+
+@pytest.mark.parametrize("n_rows", [KERNEL_DENSITY_ROWS + MIN_CALIBRATION_ROWS + 500, KERNEL_DENSITY_ROWS + 300])
+def test_the_working_point_comes_from_kept_rows_held_out_of_the_density(n_rows):
+    """Rows past the density's 4,096 score it as unseen rows; with fewer than MIN_CALIBRATION_ROWS of them,
+    the density rows' leave-one-out scores join them."""
+    rng = np.random.default_rng(13)
+    model = OpenWorld(score="kernel_density", target_tpr=0.9, random_state=0).fit(ring(rng, n_rows))
+    sample = model.kernel_sample_
+    order = np.argsort(sample.priorities, kind="stable")
+    density, held_out = order[:KERNEL_DENSITY_ROWS], order[KERNEL_DENSITY_ROWS:]
+    rows, weights = sample.rows.numpy(), sample.weights.numpy()
+    center, scale = (t.numpy() for t in feature_moments(model.statistics_.weights, model.statistics_.means,
+                                                       model.statistics_.scatters))
+    bandwidth = model.kernel_density_.bandwidth
+    # The density is built on the first rows only: the held-out rows are not in it.
+    Q = ring(rng, 20, noise=1.0)
+    np.testing.assert_allclose(
+        model.score_samples(Q), brute_log_density(rows[density], weights[density], center, scale, bandwidth, Q), rtol=1e-10
+    )
+    values = list(brute_log_density(rows[density], weights[density], center, scale, bandwidth, rows[held_out]))
+    if len(held_out) < MIN_CALIBRATION_ROWS:
+        for i in density:  # leave-one-out: the density without row i
+            others = density[density != i]
+            values.append(brute_log_density(rows[others], weights[others], center, scale, bandwidth, rows[i : i + 1])[0])
+    assert len(model.held_out_scores_.values) == len(values)
+    sorted_values = np.sort(values)
+    expected = sorted_values[int(np.floor((len(values) + 1) * 0.1)) - 1]  # conformal: the ⌊(m + 1)(1 − t)⌋-th smallest
+    assert model.threshold_ == pytest.approx(expected, rel=1e-10)
 
 
 def test_save_and_load_keep_the_sample_scores_and_threshold(tmp_path):
@@ -142,7 +173,7 @@ def test_partial_fit_over_capacity_keeps_a_uniform_sample_of_all_rows():
     model = OpenWorld(score="kernel_density", random_state=0).fit(rng.normal(0, 1, (6000, 2)), np.zeros(6000, int))
     model.partial_fit(rng.normal(0, 1, (3000, 2)), np.ones(3000, int))
     labels = model.kernel_sample_.labels
-    assert len(labels) == KERNEL_DENSITY_ROWS
+    assert len(labels) == KERNEL_DENSITY_ROWS + CALIBRATION_ROWS
     share = (labels == 1).mean()  # a third of all rows; binomial spread ±0.007
     assert abs(share - 1 / 3) < 0.03
 
@@ -182,9 +213,9 @@ def test_one_row_and_constant_columns_give_finite_scores():
 )
 def test_what_a_row_sample_cannot_do_is_a_clear_error(call, message):
     rng = np.random.default_rng(11)
-    X, y = rng.normal(0, 1, (20_000, 2)), np.r_[np.zeros(19_999, int), 1]
+    X, y = rng.normal(0, 1, (50_000, 2)), np.r_[np.zeros(49_999, int), 1]
     model = OpenWorld(score="kernel_density", random_state=0).fit(X, y)
-    assert not (model.kernel_sample_.labels == 1).any()  # the lone row of class 1 was not sampled (4,096 of 20,000)
+    assert not (model.kernel_sample_.labels == 1).any()  # the lone row of class 1 was not sampled (8,192 of 50,000)
     with pytest.raises(ValueError, match=message):
         call(model, X, y)
     assert set(model.classes_.tolist()) == {0, 1}  # a refused call leaves the model as it was

@@ -109,6 +109,12 @@ class RowSample:
             return RowSample(capacity)
         return self.subset(_smallest(self.priorities, capacity), capacity)
 
+    def beyond(self, count: int) -> RowSample:
+        """The rows after the ``count`` smallest priorities, in priority order: what ``capped(count)`` leaves out."""
+        if self.rows is None:
+            return RowSample(self.capacity)
+        return self.subset(_smallest(self.priorities, self.priorities.size)[count:])
+
     def subset(self, keep: np.ndarray, capacity: int | None = None) -> RowSample:
         """The rows at positions ``keep`` (in their order)."""
         index = torch.as_tensor(keep, dtype=torch.long, device=self.rows.device)

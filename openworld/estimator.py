@@ -49,10 +49,8 @@ AS_SAVED = object()  # OpenWorld.load: keep the saved device parameter
 
 
 def kernel_rows(sample: RowSample) -> RowSample:
-    """The rows a kernel density keeps, those of smallest priority among the rows of positive weight: up to
+    """The rows a kernel density keeps, those of smallest priority (rows of positive weight only): up to
     ``KERNEL_DENSITY_ROWS`` for the density, then up to ``CALIBRATION_ROWS`` held out of it for the working point."""
-    if sample.rows is not None:
-        sample = sample.subset(np.flatnonzero(sample.weights.cpu().numpy() > 0))
     if sample.rows is None or sample.rows.shape[0] == 0:
         raise ValueError("score='kernel_density' needs rows of positive sample weight to estimate a density from")
     return sample.capped(KERNEL_DENSITY_ROWS + CALIBRATION_ROWS)
@@ -500,6 +498,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             tensors["kernel_sample.priorities"] = torch.from_numpy(np.asarray(sample.priorities, dtype=np.float64))
             tensors["kernel_sample.class_index"] = torch.from_numpy(np.searchsorted(self.classes_, sample.labels).astype(np.int64))
             tensors["kernel_sample.bandwidth"] = torch.tensor([self.kernel_density_.bandwidth], dtype=torch.float64)
+            tensors["kernel_sample.limit"] = torch.tensor([sample.limit], dtype=torch.float64)
         params = self.get_params()
         params["priors"] = params["priors"] if isinstance(params["priors"], str) else np.asarray(params["priors"]).tolist()
         params["device"] = None if params["device"] is None else str(params["device"])
@@ -554,7 +553,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
                     raise ValueError("the kernel density's row sample does not match the classes and features")
                 model.kernel_sample_ = RowSample(
                     KERNEL_DENSITY_ROWS + CALIBRATION_ROWS, rows, model.classes_[class_index], tensors["kernel_sample.weights"],
-                    tensors["kernel_sample.priorities"].numpy(),
+                    tensors["kernel_sample.priorities"].numpy(), float(tensors["kernel_sample.limit"][0]),
                 )
                 bandwidth = float(tensors["kernel_sample.bandwidth"][0])
             if model._keeps_rows() != (model.kernel_sample_ is not None):

@@ -8,6 +8,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import KernelDensity as SklearnKernelDensity
 
 from openworld import OpenWorld
+from openworld.core.accumulator import RowSample
 from openworld.core.kernel_density import (
     BANDWIDTH_FACTORS,
     CALIBRATION_ROWS,
@@ -224,7 +225,7 @@ def test_what_a_row_sample_cannot_do_is_a_clear_error(call, message):
 def test_rows_of_zero_weight_are_not_kept_and_the_scores_stay_finite():
     rng = np.random.default_rng(12)
     X, weights = rng.normal(0, 1, (20_000, 2)), np.zeros(20_000)
-    weights[:50] = 1.0  # the uniform sample of 4,096 rows would hold about ten of them
+    weights[:50] = 1.0  # a uniform sample of 8,192 of all 20,000 rows would hold about twenty of them
     model = OpenWorld(score="kernel_density", random_state=0).fit(X, sample_weight=weights)
     assert len(model.kernel_sample_.rows) == 50
     assert np.isfinite(model.score_samples(X[:10])).all() and np.isfinite(model.threshold_)
@@ -270,3 +271,47 @@ def test_float32_rows_and_trimming_work_with_the_kernel_density():
     X = np.vstack([ring(rng, 500), rng.normal(15, 0.3, (100, 2))]).astype(np.float32)
     is_normal = np.r_[np.ones(500), np.zeros(100)]
     assert roc_auc_score(is_normal, trimmed.score_samples(X)) > 0.99 > roc_auc_score(is_normal, untrimmed.score_samples(X))
+
+
+def test_a_row_sample_is_the_smallest_priorities_of_what_remains_even_after_dropping_a_class():
+    """Bottom-k sampling against a brute force over the priorities: rows of zero weight never take a place, and
+    after a class is dropped, new rows are kept only below the priority the sample was complete to — else they
+    would fill the freed places and be over-represented."""
+    rng = np.random.default_rng(14)
+    X, labels, priorities = rng.normal(size=(1000, 2)), rng.integers(0, 3, 1000), rng.random(1000)
+    weights = torch.from_numpy(np.where(rng.random(1000) < 0.2, 0.0, 1.0))
+    sample = RowSample(100).offer(torch.from_numpy(X[:600]), labels[:600], weights[:600], priorities[:600])
+    sample = sample.offer(torch.from_numpy(X[600:]), labels[600:], weights[600:], priorities[600:])
+    positive = np.flatnonzero(weights.numpy() > 0)
+    by_priority = positive[np.argsort(priorities[positive])]
+    np.testing.assert_array_equal(sample.priorities, priorities[by_priority[:100]])
+    np.testing.assert_array_equal(sample.rows.numpy(), X[by_priority[:100]])
+    limit = priorities[by_priority[100]]  # the smallest priority left out
+    kept = sample.subset(np.flatnonzero(sample.labels != 1))
+    new_X, new_priorities = rng.normal(size=(200, 2)), rng.random(200)
+    merged = kept.offer(torch.from_numpy(new_X), np.full(200, 3), None, new_priorities)
+    old = by_priority[(labels[by_priority] != 1) & (priorities[by_priority] < limit)]
+    expected = np.sort(np.r_[priorities[old], new_priorities[new_priorities < limit]])[:100]
+    np.testing.assert_array_equal(merged.priorities, expected)
+    assert len(merged.priorities) < 100  # a uniform sample of what remains at the same rate, not a full one
+
+
+def test_forget_then_partial_fit_keeps_the_sample_uniform_and_the_false_alarm_rate():
+    rng = np.random.default_rng(15)
+    X = np.vstack([rng.normal(0, 1, (20_000, 2)), rng.normal(8, 1, (20_000, 2))])
+    model = OpenWorld(score="kernel_density", random_state=0).fit(X, np.repeat([0, 1], 20_000)).forget([1])
+    model.partial_fit(rng.normal(-8, 1, (10_000, 2)), np.full(10_000, 2))
+    share = (model.kernel_sample_.labels == 2).mean()  # a third of the remaining rows are class 2
+    assert abs(share - 1 / 3) < 0.03
+    fresh = np.vstack([rng.normal(0, 1, (20_000, 2)), rng.normal(-8, 1, (10_000, 2))])
+    assert abs((model.predict(fresh) == "unknown").mean() - 0.05) < 0.015
+
+
+def test_rows_of_zero_weight_do_not_take_the_places_of_weighted_rows():
+    rng = np.random.default_rng(16)
+    model = OpenWorld(score="kernel_density", random_state=0).fit(rng.normal(0, 1, (20_000, 2)))
+    weights = np.zeros(100_000)
+    weights[:5000] = 1.0
+    model.partial_fit(rng.normal(0, 1, (100_000, 2)), sample_weight=weights)
+    assert len(model.kernel_sample_.rows) == KERNEL_DENSITY_ROWS + CALIBRATION_ROWS  # 25,000 rows of positive weight
+    assert (model.kernel_sample_.weights > 0).all()

@@ -18,7 +18,8 @@ True
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -74,53 +75,80 @@ class LabelledStatistics:
 
 @dataclass(frozen=True)
 class RowSample:
-    """Up to ``capacity`` rows (m, d) with labels, weights and their priorities (m,): the smallest seen."""
+    """Up to ``capacity`` rows (m, d) of positive weight, with labels, weights and their priorities (m,): the
+    smallest seen (a bottom-k sample, uniform over the rows offered).
+
+    ``limit``: every offered row of positive weight whose priority is below it is in the sample (those at or
+    above it may have been dropped). Merging keeps only rows below both samples' limits, so a sample that
+    lost rows (``subset``: a forgotten class) merges with new rows without over-representing them.
+    """
 
     capacity: int
     rows: Tensor | None = None
     labels: np.ndarray | None = None
     weights: Tensor | None = None
     priorities: np.ndarray | None = None
+    limit: float = math.inf
 
     def offer(self, X: Tensor, labels: np.ndarray | Tensor, weights: Tensor | None, priorities: np.ndarray) -> RowSample:
-        """This sample and the rows of a new chunk, keeping the ``capacity`` smallest priorities."""
-        keep = _smallest(priorities, self.capacity)
+        """This sample and the rows of a new chunk, keeping the ``capacity`` smallest priorities (rows of
+        zero weight are not data: never kept)."""
+        candidates = None if weights is None else np.flatnonzero(weights.cpu().numpy() > 0)
+        chosen = _smallest(priorities if candidates is None else priorities[candidates], self.capacity + 1)
+        keep = chosen if candidates is None else candidates[chosen]
+        limit = math.inf
+        if keep.size > self.capacity:  # the smallest priority left out: every row below it is kept
+            limit, keep = float(priorities[keep[-1]]), keep[: self.capacity]
         index = torch.as_tensor(keep, device=X.device)
         w = torch.ones(keep.size, dtype=torch.float64, device=X.device) if weights is None else weights.index_select(0, index)
         labels = labels.index_select(0, index).cpu().numpy() if isinstance(labels, Tensor) else labels[keep]
         # index_select: several times faster than X[index] on CPU for a gather of whole rows
-        chunk = RowSample(self.capacity, X.index_select(0, index), labels, w, priorities[keep])
-        return chunk if self.rows is None else self.merge(chunk)
+        chunk = RowSample(self.capacity, X.index_select(0, index), labels, w, priorities[keep], limit)
+        return chunk if self.rows is None and self.limit == math.inf else self.merge(chunk)
 
     def merge(self, other: RowSample) -> RowSample:
-        if other.rows is None:
-            return self
-        if self.rows is None:
-            return other
+        limit = min(self.limit, other.limit)
+        if other.rows is None or self.rows is None:
+            present = self if other.rows is None else other
+            return present.below(limit).capped(self.capacity)
         rows = torch.cat([self.rows, other.rows.to(self.rows.device, self.rows.dtype)])
         labels = np.concatenate([self.labels, other.labels])
         weights = torch.cat([self.weights, other.weights.to(self.weights.device)])
         priorities = np.concatenate([self.priorities, other.priorities])
-        return RowSample(self.capacity, rows, labels, weights, priorities).capped(self.capacity)
+        return RowSample(self.capacity, rows, labels, weights, priorities, limit).below(limit).capped(self.capacity)
+
+    def below(self, limit: float) -> RowSample:
+        """The rows of priority below ``limit``, which becomes the sample's limit if lower."""
+        limit = min(limit, self.limit)
+        if self.rows is None:
+            return RowSample(self.capacity, limit=limit)
+        if bool((self.priorities < limit).all()):
+            return replace(self, limit=limit)
+        return replace(self.subset(np.flatnonzero(self.priorities < limit)), limit=limit)
 
     def capped(self, capacity: int) -> RowSample:
         """The rows of the ``capacity`` smallest priorities: the sample a smaller capacity would have kept."""
         if self.rows is None:
-            return RowSample(capacity)
-        return self.subset(_smallest(self.priorities, capacity), capacity)
+            return RowSample(capacity, limit=self.limit)
+        if self.priorities.size <= capacity:
+            return self.subset(_smallest(self.priorities, capacity), capacity)
+        keep = _smallest(self.priorities, capacity + 1)
+        limit = min(self.limit, float(self.priorities[keep[-1]]))
+        return replace(self.subset(keep[:capacity], capacity), limit=limit)
 
     def beyond(self, count: int) -> RowSample:
         """The rows after the ``count`` smallest priorities, in priority order: what ``capped(count)`` leaves out."""
         if self.rows is None:
-            return RowSample(self.capacity)
+            return RowSample(self.capacity, limit=self.limit)
         return self.subset(_smallest(self.priorities, self.priorities.size)[count:])
 
     def subset(self, keep: np.ndarray, capacity: int | None = None) -> RowSample:
-        """The rows at positions ``keep`` (in their order)."""
+        """The rows at positions ``keep`` (in their order); the limit stays (rows dropped here were chosen, not
+        outranked)."""
         index = torch.as_tensor(keep, dtype=torch.long, device=self.rows.device)
         return RowSample(
             self.capacity if capacity is None else capacity, self.rows.index_select(0, index), self.labels[keep],
-            self.weights.index_select(0, index), self.priorities[keep],
+            self.weights.index_select(0, index), self.priorities[keep], self.limit,
         )
 
     def folds(self, n_folds: int) -> np.ndarray:

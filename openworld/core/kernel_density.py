@@ -16,9 +16,9 @@ decide the neighbourhoods, and centering keeps the float32 distances exact
 where raw columns sit far from zero.
 The bandwidth is chosen without anomalies, by the mean log density of held-out
 sampled rows (every ``VALIDATION_EVERY``-th by priority) over a grid of factors
-of Scott's rule ``n^(-1/(d+4))``. Scoring is matrix multiplication: squared
-distances ``‖x‖² − 2 x·rᵀ + ‖r‖²`` for a chunk of rows against all sampled rows
-in one GEMM, then a log-sum-exp.
+of Scott's rule ``n^(-1/(d+4))``. Scoring is matrix multiplication: a chunk of rows against all sampled rows
+in one GEMM (the expanded squared distance ``‖x‖² − 2 x·rᵀ + ‖r‖²``, its row
+terms folded into the product), then a log-sum-exp.
 """
 
 from __future__ import annotations
@@ -73,16 +73,19 @@ class KernelDensity:
         constant = -rows.shape[1] * (math.log(self.bandwidth) + 0.5 * math.log(2 * math.pi)) - float(torch.log(scale).sum())
         out = torch.empty(X.shape[0], dtype=X.dtype, device=X.device)
         step = max(1, CHUNK_ELEMENTS // max(rows.shape[0], 1))
-        squared_rows = (rows * rows).sum(1)
+        # −‖x − r‖²/(2h²) + log w = x·r/h² + (log w − ‖r‖²/(2h²)) − ‖x‖²/(2h²): the row terms ride in the GEMM
+        # (addmm), and the query's own term, the same for every kernel, comes out of the log-sum-exp.
+        precision = 1.0 / self.bandwidth**2
+        row_terms = log_weights - 0.5 * precision * (rows * rows).sum(1)
         for start in range(0, X.shape[0], step):
             chunk = (X[start : start + step] - center) / scale
-            logits = _squared_distances(chunk, rows, squared_rows).mul_(-0.5 / self.bandwidth**2).add_(log_weights)
+            logits = torch.addmm(row_terms, chunk, rows.T, alpha=precision)
             if leave_one_out:
                 own = torch.arange(start, start + chunk.shape[0], device=X.device)
                 logits[torch.arange(chunk.shape[0], device=X.device), own] = -math.inf
                 # the others' weights renormalised without the row's own
                 logits -= torch.log1p(-log_weights[own].exp().clamp(max=1 - 1e-12))[:, None]
-            out[start : start + step] = torch.logsumexp(logits, dim=1) + constant
+            out[start : start + step] = torch.logsumexp(logits, dim=1) - 0.5 * precision * (chunk * chunk).sum(1) + constant
         return out
 
 

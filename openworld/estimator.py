@@ -28,7 +28,7 @@ from openworld.core.covariance import (
 )
 from openworld.core.gaussian import GaussianHead, RelativeEnsemble, TiedRelativeScorer
 from openworld.core.kernel_density import (
-    CALIBRATION_ROWS,
+    KEPT_ROWS,
     KERNEL_DENSITY_ROWS,
     MIN_CALIBRATION_ROWS,
     KernelDensity,
@@ -50,10 +50,10 @@ AS_SAVED = object()  # OpenWorld.load: keep the saved device parameter
 
 def kernel_rows(sample: RowSample) -> RowSample:
     """The rows a kernel density keeps, those of smallest priority (rows of positive weight only): up to
-    ``KERNEL_DENSITY_ROWS`` for the density, then up to ``CALIBRATION_ROWS`` held out of it for the working point."""
+    ``KERNEL_DENSITY_ROWS`` for the density, then the rest of ``KEPT_ROWS`` held out of it for the working point."""
     if sample.rows is None or sample.rows.shape[0] == 0:
         raise ValueError("score='kernel_density' needs rows of positive sample weight to estimate a density from")
-    return sample.capped(KERNEL_DENSITY_ROWS + CALIBRATION_ROWS)
+    return sample.capped(KEPT_ROWS)
 
 
 def _package_version() -> str:
@@ -283,7 +283,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         else:
             self.statistics_ = self.statistics_.merge(self._accumulate(X, class_index, weights))
         if self._keeps_rows():
-            fresh = RowSample(KERNEL_DENSITY_ROWS + CALIBRATION_ROWS).offer(X, labels, weights, self._rng().random(X.shape[0]))
+            fresh = RowSample(KEPT_ROWS).offer(X, labels, weights, self._rng().random(X.shape[0]))
             self.kernel_sample_ = kernel_rows(self.kernel_sample_.merge(fresh))
         self._refresh()
         if self.target_tpr is not None and self.working_point == "gaussian":
@@ -552,7 +552,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
                 ).all():
                     raise ValueError("the kernel density's row sample does not match the classes and features")
                 model.kernel_sample_ = RowSample(
-                    KERNEL_DENSITY_ROWS + CALIBRATION_ROWS, rows, model.classes_[class_index], tensors["kernel_sample.weights"],
+                    KEPT_ROWS, rows, model.classes_[class_index], tensors["kernel_sample.weights"],
                     tensors["kernel_sample.priorities"].numpy(), float(tensors["kernel_sample.limit"][0]),
                 )
                 bandwidth = float(tensors["kernel_sample.bandwidth"][0])
@@ -906,10 +906,8 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         scores while fewer than ``MIN_CALIBRATION_ROWS`` are held out."""
         density_rows = self.kernel_sample_.capped(KERNEL_DENSITY_ROWS)
         held_out = self.kernel_sample_.beyond(KERNEL_DENSITY_ROWS)
-        parts = []
-        if held_out.rows is not None and held_out.rows.shape[0]:
-            parts.append((self.kernel_density_.log_density(held_out.rows), held_out.labels))
-        if held_out.rows is None or held_out.rows.shape[0] < MIN_CALIBRATION_ROWS:
+        parts = [(self.kernel_density_.log_density(held_out.rows), held_out.labels)]  # kept samples are never empty
+        if held_out.rows.shape[0] < MIN_CALIBRATION_ROWS:
             parts.append((self.kernel_density_.log_density(density_rows.rows, leave_one_out=True), density_rows.labels))
         values = np.concatenate([scores.double().cpu().numpy() for scores, _ in parts])
         labels = np.concatenate([labels for _, labels in parts])

@@ -33,6 +33,7 @@ Tensor = torch.Tensor
 KERNEL_DENSITY_ROWS = 4096  # rows in the density; on docs/anomaly.md's tabular sets, 4,096 and 20,000 gave the same mean AUROC
 CALIBRATION_ROWS = 4096  # rows kept beside them, held out of the density, that place the working point
 MIN_CALIBRATION_ROWS = 1000  # fewer held-out rows: the density rows' leave-one-out scores join them
+KEPT_ROWS = KERNEL_DENSITY_ROWS + CALIBRATION_ROWS  # the sample a kernel-density model holds
 BANDWIDTH_FACTORS = tuple(2.0 ** (e / 2) for e in range(-8, 5))  # × Scott's rule: 1/16 … 4
 VALIDATION_EVERY = 5  # every 5th sampled row (by priority) scores the candidate bandwidths
 CHUNK_ELEMENTS = 1 << 24  # query rows × sampled rows per distance block (128 MiB in float64)

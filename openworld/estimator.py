@@ -37,7 +37,7 @@ from openworld.core.kernel_density import (
 from openworld.core.mixture import fit_class_components, segment_logsumexp, validate_components
 from openworld.core.precision import tf32_products
 from openworld.core.statistics import ClassStatistics, one_torch_thread, run_tasks
-from openworld.core.working_point import HeldOutScores, conformal_threshold, validate_target_tpr
+from openworld.core.working_point import HeldOutScores, validate_target_tpr
 from openworld.io.persistence import ModelFileError, read_model_file, write_model_file
 
 Tensor = torch.Tensor
@@ -217,7 +217,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         elif self.target_tpr is not None:
             represented = float(self.statistics_.weights.sum())
             self.held_out_scores_ = self._cross_fitted_scores(sample, represented, workers, refresh)
-            self.threshold_ = conformal_threshold(self.held_out_scores_.values, self.target_tpr)
+            self.threshold_ = self.held_out_scores_.threshold(self.target_tpr)
 
     def _fit_from_rows(self, X, y, sample_weight):
         """The fits that revisit rows: mixtures (EM) and robust trimming."""
@@ -296,7 +296,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             fresh = self._cross_fitted_scores(sample, represented)
             old = self.held_out_scores_
             self.held_out_scores_ = fresh if old is None else old.combined(fresh, WORKING_POINT_ROWS, self._rng())
-            self.threshold_ = conformal_threshold(self.held_out_scores_.values, self.target_tpr)
+            self.threshold_ = self.held_out_scores_.threshold(self.target_tpr)
         return self
 
     def forget(self, labels):
@@ -410,11 +410,12 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         discovery.rows = None
         return self
 
-    def set_working_point(self, X_val, target_tpr=None):
+    def set_working_point(self, X_val, target_tpr=None, sample_weight=None):
         """Place the threshold on held-out in-distribution rows ``X_val: (m, d)``.
 
         The threshold keeps ``target_tpr`` (or the estimator's) of rows like
-        ``X_val``; this replaces the cross-fitted default.
+        ``X_val``, each counted by its ``sample_weight`` (m,); this replaces the
+        cross-fitted default.
         """
         self._check_fitted()
         target = self.target_tpr if target_tpr is None else target_tpr
@@ -422,13 +423,17 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         if target is None:
             raise ValueError("set a target_tpr (the share of in-distribution rows to keep) first")
         X, _ = as_features(X_val, n_features=self.n_features_in_, name=type(self).__name__)
+        weights = as_weights(sample_weight, X.shape[0], X.device)
+        if weights is not None:  # rows of zero weight are not data
+            positive = weights > 0
+            X, weights = X[positive], weights[positive]
         scores, log_joint = self._evaluate(X, want_log_joint=True)
-        values = scores.double().cpu().numpy()
         self.target_tpr = target
         self.held_out_scores_ = HeldOutScores(
-            values, log_joint.argmax(1).cpu().numpy(), float(self.statistics_.weights.sum())
+            scores.double().cpu().numpy(), log_joint.argmax(1).cpu().numpy(), float(self.statistics_.weights.sum()),
+            np.ones(X.shape[0]) if weights is None else weights.cpu().numpy(),
         )
-        self.threshold_ = conformal_threshold(values, target)
+        self.threshold_ = self.held_out_scores_.threshold(target)
         return self
 
     # ------------------------------------------------------------------ scoring
@@ -490,6 +495,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         if self.held_out_scores_ is not None:
             tensors["held_out.values"] = torch.from_numpy(self.held_out_scores_.values)
             tensors["held_out.class_index"] = torch.from_numpy(self.held_out_scores_.class_index.astype(np.int64))
+            tensors["held_out.weights"] = torch.from_numpy(self.held_out_scores_.weights.astype(np.float64))
             held_out = self.held_out_scores_.represents
         if self.kernel_sample_ is not None:
             sample = self.kernel_sample_
@@ -559,11 +565,16 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             if model._keeps_rows() != (model.kernel_sample_ is not None):
                 raise ValueError("score='kernel_density' needs its row sample, and only it keeps one")
             if manifest["held_out_represents"] is not None:
+                values = tensors["held_out.values"].numpy()
                 model.held_out_scores_ = HeldOutScores(
-                    tensors["held_out.values"].numpy(),
+                    values,
                     tensors["held_out.class_index"].numpy(),
                     float(manifest["held_out_represents"]),
+                    # files from before weighted scores: every score counted once, as they were then
+                    tensors["held_out.weights"].numpy() if "held_out.weights" in tensors else np.ones(values.size),
                 )
+                if not values.size == model.held_out_scores_.class_index.size == model.held_out_scores_.weights.size:
+                    raise ValueError("the held-out scores, their classes and their weights differ in length")
         except (KeyError, TypeError, ValueError) as error:
             raise ModelFileError(f"{str(path)!r} has an incomplete or inconsistent manifest: {error}") from None
         model._refresh(kernel_bandwidth=bandwidth)  # the saved bandwidth: scores match the saved threshold
@@ -771,7 +782,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             if self.held_out_scores_.values.size == 0:
                 self.held_out_scores_, self.threshold_ = None, None
             elif self.target_tpr is not None:
-                self.threshold_ = conformal_threshold(self.held_out_scores_.values, self.target_tpr)
+                self.threshold_ = self.held_out_scores_.threshold(self.target_tpr)
 
     def _heads_for(self, dtype: torch.dtype, device) -> tuple[GaussianHead, GaussianHead | None]:
         key = (dtype, str(device))
@@ -906,15 +917,16 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         scores while fewer than ``MIN_CALIBRATION_ROWS`` are held out."""
         density_rows = self.kernel_sample_.capped(KERNEL_DENSITY_ROWS)
         held_out = self.kernel_sample_.beyond(KERNEL_DENSITY_ROWS)
-        parts = [(self.kernel_density_.log_density(held_out.rows), held_out.labels)]  # kept samples are never empty
+        parts = [(self.kernel_density_.log_density(held_out.rows), held_out)]  # kept samples are never empty
         if held_out.rows.shape[0] < MIN_CALIBRATION_ROWS:
-            parts.append((self.kernel_density_.log_density(density_rows.rows, leave_one_out=True), density_rows.labels))
-        values = np.concatenate([scores.double().cpu().numpy() for scores, _ in parts])
-        labels = np.concatenate([labels for _, labels in parts])
+            parts.append((self.kernel_density_.log_density(density_rows.rows, leave_one_out=True), density_rows))
         self.held_out_scores_ = HeldOutScores(
-            values, np.searchsorted(self.classes_, labels), float(self.statistics_.weights.sum())
+            np.concatenate([scores.double().cpu().numpy() for scores, _ in parts]),
+            np.searchsorted(self.classes_, np.concatenate([rows.labels for _, rows in parts])),
+            float(self.statistics_.weights.sum()),
+            np.concatenate([rows.weights.cpu().numpy() for _, rows in parts]),
         )
-        self.threshold_ = conformal_threshold(values, self.target_tpr)
+        self.threshold_ = self.held_out_scores_.threshold(self.target_tpr)
 
     def _trim(self, X: Tensor, class_index: Tensor, weights: Tensor | None, steps: int = 5) -> Tensor:
         """Drop the ``contamination`` share of each class's farthest rows, refit, repeat; returns the kept mask.
@@ -1005,7 +1017,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         if sample.rows is None:
             if refresh:
                 self._refresh()
-            return HeldOutScores(np.empty(0), np.empty(0, dtype=np.int64), represented)
+            return HeldOutScores(np.empty(0), np.empty(0, dtype=np.int64), represented, np.empty(0))
         X, weights = sample.rows, sample.weights
         class_index = self._class_index(sample.labels, X.device)
         C = len(self.classes_)
@@ -1014,7 +1026,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         parts = [(X[rows], class_index[rows], weights[rows]) for rows in folds]
         pieces = max(1, torch.get_num_threads() if workers is None else workers)  # scoring tasks per fold
         refreshed = threading.Event()
-        scored = {}  # (fold, piece) -> (scores, class indices)
+        scored = {}  # (fold, piece) -> (scores, class indices, weights)
 
         def refresh_task():
             try:
@@ -1030,12 +1042,14 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             refreshed.wait()  # _heads reads the resolved score; the refresh task was taken first
             head, second = self._heads(remaining)
             heads = head.to(X.dtype, X.device), second and second.to(X.dtype, X.device)
-            X_f, index_f, _ = parts[f]
+            X_f, index_f, weights_f = parts[f]
             return [
-                lambda i=i, rows=rows, index=index: scored.__setitem__(
-                    (f, i), (self._evaluate(rows, want_log_joint=False, heads=heads)[0], index)
+                lambda i=i, rows=rows, index=index, w=w: scored.__setitem__(
+                    (f, i), (self._evaluate(rows, want_log_joint=False, heads=heads)[0], index, w)
                 )
-                for i, (rows, index) in enumerate(zip(X_f.tensor_split(pieces), index_f.tensor_split(pieces)))
+                for i, (rows, index, w) in enumerate(
+                    zip(X_f.tensor_split(pieces), index_f.tensor_split(pieces), weights_f.tensor_split(pieces))
+                )
                 if rows.shape[0]
             ]
 
@@ -1059,11 +1073,12 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             run_tasks(tasks, pieces)
         values = [scored[key] for key in sorted(scored)]
         if not values:
-            return HeldOutScores(np.empty(0), np.empty(0, dtype=np.int64), represented)
+            return HeldOutScores(np.empty(0), np.empty(0, dtype=np.int64), represented, np.empty(0))
         return HeldOutScores(
-            torch.cat([v for v, _ in values]).double().cpu().numpy(),
-            torch.cat([index for _, index in values]).cpu().numpy(),
+            torch.cat([v for v, _, _ in values]).double().cpu().numpy(),
+            torch.cat([index for _, index, _ in values]).cpu().numpy(),
             represented,
+            torch.cat([w for _, _, w in values]).cpu().numpy(),
         )
 
     def __sklearn_tags__(self):

@@ -118,3 +118,18 @@ def test_weighted_held_out_scores_survive_save_and_load(tmp_path):
     more, more_w = weighted_normal_rows(rng, 10)
     back.partial_fit(more, sample_weight=more_w)  # the loaded scores mix with new ones as before
     assert back.held_out_scores_.weights.size == back.held_out_scores_.values.size
+
+
+def test_files_saved_before_weighted_scores_load_with_every_score_counted_once(tmp_path):
+    from openworld.io.persistence import read_model_file, write_model_file
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((2000, 4))
+    model = OpenWorld(random_state=0).fit(X)
+    model.save(tmp_path / "new.safetensors")
+    tensors, manifest = read_model_file(tmp_path / "new.safetensors")
+    del tensors["held_out.weights"]  # what a file written before weights were saved holds
+    write_model_file(tmp_path / "old.safetensors", tensors, manifest)
+    old = OpenWorld.load(tmp_path / "old.safetensors")
+    np.testing.assert_array_equal(old.held_out_scores_.weights, np.ones(old.held_out_scores_.values.size))
+    assert old.held_out_scores_.threshold(model.target_tpr) == old.threshold_ == model.threshold_

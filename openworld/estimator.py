@@ -10,6 +10,9 @@ arithmetic on the statistics, so they equal a refit.
 from __future__ import annotations
 
 import threading
+import warnings
+from contextlib import contextmanager
+from numbers import Integral
 
 import numpy as np
 import torch
@@ -167,7 +170,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
                 is_text = isinstance(labels, np.ndarray) and labels.dtype.kind == "U"
                 if state is not None and is_text != (state.labels.dtype.kind == "U"):
                     raise ValueError("labels change type (str / int) between chunks; use one label type throughout")
-                weights = as_weights(sample_weight, X.shape[0], X.device)
+                weights = as_weights(sample_weight, X.shape[0], X.device, part_of_more=True)
             except ValueError as error:
                 raise ValueError(f"chunk {number}: {error}") from None
             n_features = X.shape[1]
@@ -177,6 +180,8 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
                 sample = sample.offer(X, labels, weights, rng.random(X.shape[0]))
         if state is None:
             raise ValueError("no chunks to fit: the iterable of batches was empty")
+        if float(state.statistics.weights.sum()) <= 0:
+            raise ValueError("sample_weight is zero for every row: no row carries any weight")
         return self._fit_from_state(state.sorted(), sample)
 
     def _uses_held_out_working_point(self) -> bool:
@@ -261,6 +266,15 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         X, _ = as_features(X, n_features=self.n_features_in_, name=type(self).__name__, device=self.statistics_.device)
         labels = self._labels_or_one_class(y, X.shape[0])
         self._check_label_type(labels)
+        weights = as_weights(sample_weight, X.shape[0], X.device, part_of_more=True)
+        if self._is_mixture() and weights is not None:
+            raise ValueError("sample_weight is not supported with components != 1 (mixtures are fitted by EM)")
+        with self._all_or_nothing():
+            self._partial_fit(X, labels, weights)
+        return self
+
+    def _partial_fit(self, X: Tensor, labels: np.ndarray, weights: Tensor | None) -> None:
+        score_before = self.score_
         new = np.setdiff1d(np.unique(labels), self.classes_)
         if new.size:
             merged = np.concatenate([self.classes_, new])
@@ -275,10 +289,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             if self.held_out_scores_ is not None:
                 self.held_out_scores_ = self.held_out_scores_.remapped(rank[: order.size - new.size])
         class_index = self._class_index(labels, X.device)
-        weights = as_weights(sample_weight, X.shape[0], X.device)
         if self._is_mixture():
-            if weights is not None:
-                raise ValueError("sample_weight is not supported with components != 1 (mixtures are fitted by EM)")
             self._partial_fit_components(X, class_index, new)
         else:
             self.statistics_ = self.statistics_.merge(self._accumulate(X, class_index, weights))
@@ -290,14 +301,13 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             self.threshold_ = self._gaussian_threshold()
         elif self.target_tpr is not None and self._keeps_rows():
             self._place_kernel_working_point()
-        elif self.target_tpr is not None:
+        elif self.target_tpr is not None and not self._score_changed(score_before):  # else: scores dropped
             sample = RowSample(WORKING_POINT_ROWS).offer(X, labels, weights, self._rng().random(X.shape[0]))
             represented = float(X.shape[0]) if weights is None else float(weights.sum())
             fresh = self._cross_fitted_scores(sample, represented)
             old = self.held_out_scores_
             self.held_out_scores_ = fresh if old is None else old.combined(fresh, WORKING_POINT_ROWS, self._rng())
             self.threshold_ = self.held_out_scores_.threshold(self.target_tpr)
-        return self
 
     def forget(self, labels):
         """Drop whole classes exactly: the model equals a fit without their rows."""
@@ -316,7 +326,8 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
                 "score='kernel_density': no sampled row of the remaining classes is left to estimate their "
                 "density from; refit on their rows"
             )
-        self._keep_classes(keep)
+        with self._all_or_nothing():
+            self._keep_classes(keep)
         return self
 
     def unlearn(self, X, y=None, sample_weight=None):
@@ -337,6 +348,11 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
                 "unlearn needs components=1: which mixture component a row fed cannot be undone "
                 "without the rows the mixture was fitted on (forget a whole class instead)"
             )
+        if self.contamination:
+            raise ValueError(
+                "unlearn needs contamination=0: the trimmed fit dropped rows it never counted, and which "
+                "rows a refit would drop depends on those removed; refit without the rows instead"
+            )
         X, _ = as_features(X, n_features=self.n_features_in_, name=type(self).__name__, device=self.statistics_.device)
         labels = self._labels_or_one_class(y, X.shape[0])
         self._check_label_type(labels)
@@ -351,8 +367,9 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         if not keep.any():
             raise ValueError("unlearning these rows would leave no data: every class would be empty")
         score_functions.resolve_score(self.score, int(keep.sum()))  # refuses what a fit on what remains would
-        self.statistics_ = remaining
-        self._keep_classes(keep)
+        with self._all_or_nothing():
+            self.statistics_ = remaining
+            self._keep_classes(keep)
         return self
 
     def discover(self, X, n_new="auto", adopt=False, names=None, representatives=5, settings=None):
@@ -508,7 +525,10 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         params = self.get_params()
         params["priors"] = params["priors"] if isinstance(params["priors"], str) else np.asarray(params["priors"]).tolist()
         params["device"] = None if params["device"] is None else str(params["device"])
-        if not isinstance(params["random_state"], (int, type(None))):
+        for name, value in params.items():  # NumPy scalars (np.int64(3)) are written as the Python numbers they are
+            if isinstance(value, np.generic):
+                params[name] = value.item()
+        if not isinstance(params["random_state"], (Integral, type(None))):
             params["random_state"] = None
         manifest = {
             "openworld_version": _package_version(),
@@ -599,7 +619,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             raise ValueError("contamination (robust trimming) needs components=1")
         if self.working_point not in ("held_out", "gaussian"):
             raise ValueError(f"working_point must be 'held_out' or 'gaussian', got {self.working_point!r}")
-        if self.working_point == "gaussian" and (self.shrinkage is not None or self.score not in ("auto", "mahalanobis")):
+        if self.working_point == "gaussian" and (self._shrinks() or self.score not in ("auto", "mahalanobis")):
             raise ValueError(
                 "working_point='gaussian' is exact only for the Mahalanobis score of one class without "
                 "shrinkage (shrinkage=None, score='mahalanobis' or 'auto'); use the held-out default otherwise"
@@ -730,7 +750,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         center = (stats.weights @ stats.means) / stats.weights.sum()
         names = self.classes_[self.component_class_].tolist()
         head = GaussianHead.build(
-            stats.means, estimate, self._component_log_priors(stats), center, self.shrinkage is not None, names
+            stats.means, estimate, self._component_log_priors(stats), center, self._shrinks(), names
         )
         return head, estimate
 
@@ -746,7 +766,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             else CovarianceEstimate("tied", cov, cov, torch.zeros(1, dtype=cov.dtype))
         )
         zero_log_prior = torch.zeros(1, dtype=cov.dtype, device=cov.device)
-        return GaussianHead.build(mean[None], bg_estimate, zero_log_prior, head.center, self.shrinkage is not None)
+        return GaussianHead.build(mean[None], bg_estimate, zero_log_prior, head.center, self._shrinks())
 
     def _refresh(self, kernel_bandwidth: float | None = None) -> None:
         """Re-derive everything from the statistics (after fit, partial_fit, forget, unlearn, load);
@@ -763,6 +783,38 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         # both build one; the results are identical, so no lock is needed.
         self._device_heads = {}
 
+    def _shrinks(self) -> bool:
+        """Shrinkage of intensity 0 is none: a singular covariance is then an error, not a silent ridge."""
+        return self.shrinkage is not None and not (isinstance(self.shrinkage, (int, float)) and self.shrinkage == 0)
+
+    @contextmanager
+    def _all_or_nothing(self):
+        """An update that fails leaves the model as it was: the fitted attributes are restored (updates
+        replace them, never change them in place)."""
+        before = dict(self.__dict__)
+        try:
+            yield
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
+
+    def _score_changed(self, score_before: str) -> bool:
+        """Whether the resolved score changed in an update (``score="auto"``: one class ↔ several). Held-out
+        scores of the former score say nothing about the new one: they are dropped, with a warning."""
+        if self.score_ == score_before:
+            return False
+        if self.held_out_scores_ is not None and self.target_tpr is not None:
+            warnings.warn(
+                f"the model now has {len(self.classes_)} class(es), so score='auto' now means {self.score_!r}, "
+                f"not {score_before!r}; the working point was placed on the former score and no longer holds. "
+                "Nothing is rejected until set_working_point(X_val) places it on held-out rows.",
+                UserWarning,
+                stacklevel=4,
+            )
+        self.held_out_scores_, self.threshold_ = None, None
+        return True
+
     def _keep_classes(self, keep: np.ndarray) -> None:
         index = np.flatnonzero(keep)
         new_index = np.full(keep.size, -1)
@@ -773,11 +825,14 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         if self._keeps_rows():
             self.kernel_sample_ = self.kernel_sample_.subset(np.flatnonzero(np.isin(self.kernel_sample_.labels, self.classes_[index])))
         self.classes_ = self.classes_[index]
+        score_before = self.score_
         self._refresh()
-        if self._keeps_rows():
+        if self.target_tpr is not None and self.working_point == "gaussian":
+            self.threshold_ = self._gaussian_threshold()
+        elif self._keeps_rows():
             if self.target_tpr is not None:
                 self._place_kernel_working_point()
-        elif self.held_out_scores_ is not None:
+        elif not self._score_changed(score_before) and self.held_out_scores_ is not None:  # else: dropped
             self.held_out_scores_ = self.held_out_scores_.remapped(new_index)
             if self.held_out_scores_.values.size == 0:
                 self.held_out_scores_, self.threshold_ = None, None

@@ -157,8 +157,9 @@ def as_labels(y, n_rows: int) -> np.ndarray:
     )
 
 
-def as_weights(sample_weight, n_rows: int, device) -> Tensor | None:
-    """Non-negative finite weights (n,) as float64, or None."""
+def as_weights(sample_weight, n_rows: int, device, part_of_more: bool = False) -> Tensor | None:
+    """Non-negative finite weights (n,) as float64, or None; ``part_of_more``: a chunk or an update, which
+    may weigh nothing as long as the whole fit does not."""
     if sample_weight is None:
         return None
     if isinstance(sample_weight, Tensor):
@@ -169,7 +170,7 @@ def as_weights(sample_weight, n_rows: int, device) -> Tensor | None:
         raise ValueError(f"sample_weight must have shape ({n_rows},), got {tuple(w.shape)}")
     if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
         raise ValueError("sample_weight must be finite and non-negative")
-    if float(w.sum()) <= 0:
+    if not part_of_more and float(w.sum()) <= 0:
         raise ValueError("sample_weight is zero for every row: no row carries any weight")
     return w
 

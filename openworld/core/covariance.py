@@ -110,8 +110,9 @@ def estimate_covariance(stats: ClassStatistics | PooledStatistics, structure: st
     pooled, intensity = single_covariance(scatter, fourth, weight, shrinkage)
     if structure == "tied":
         return CovarianceEstimate("tied", pooled, pooled, torch.tensor([intensity], dtype=pooled.dtype))
-    safe = torch.clamp(stats.weights, min=1.0)[:, None, None]
-    raw = stats.scatters / safe
+    # S / W, whatever the scale of the weights (fractional weights sum below 1); a class of no weight: 0
+    W = stats.weights[:, None, None]
+    raw = torch.where(W > 0, stats.scatters / torch.where(W > 0, W, 1.0), 0.0)
     intensities = class_intensities(stats, shrinkage, pooled)
     if structure == "full":
         return CovarianceEstimate("full", shrink(raw, intensities, pooled), pooled, intensities, raw)

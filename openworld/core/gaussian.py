@@ -40,7 +40,7 @@ def _singular_error(indices: list[int], names: list | None) -> SingularCovarianc
     which = f"class(es) {[names[i] for i in indices][:10]!r}" if names is not None else "the pooled data"
     return SingularCovarianceError(
         f"covariance is singular for {which}: too few rows for the chosen covariance, or constant / "
-        "collinear features. Use shrinkage ('auto', 'oas' or a float)."
+        "collinear features. Use shrinkage ('auto', 'oas' or a float above 0)."
     )
 
 

@@ -1,0 +1,169 @@
+"""Updates (partial_fit, forget, unlearn) that are refused leave the model as it was; updates that change
+what the score means do not keep a working point placed on the former score; and what a refit would refuse
+or compute differently, an update refuses or computes alike."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from openworld import OpenWorld
+from openworld.core.gaussian import SingularCovarianceError
+
+
+def blobs(rng, n_per_class, d=5, classes=3):
+    centers = np.stack([np.zeros(d), np.full(d, 4.0), np.r_[4.0, -4.0, np.zeros(d - 2)]])[:classes]
+    return np.vstack([c + rng.normal(size=(n_per_class, d)) for c in centers]), np.repeat(np.arange(classes), n_per_class)
+
+
+def snapshot(model, X):
+    return (
+        model.classes_.tolist(), model.statistics_.weights.tolist(), model.threshold_, model.score_,
+        model.predict_proba(X).tolist(), model.score_samples(X).tolist(),
+    )
+
+
+@pytest.mark.parametrize(
+    "update",
+    [
+        pytest.param(lambda m, X: m.partial_fit(X[:5], np.repeat(9, 5), sample_weight=np.full(5, -1.0)), id="bad-weights"),
+        pytest.param(lambda m, X: m.partial_fit(X[:2], np.repeat(9, 2)), id="singular-new-class"),
+        pytest.param(lambda m, X: m.unlearn(X[3:200], np.zeros(197, int)), id="singular-after-unlearn"),
+    ],
+)
+def test_a_refused_update_leaves_the_model_as_it_was(update):
+    rng = np.random.default_rng(0)
+    X, y = blobs(rng, 200)
+    model = OpenWorld(shrinkage=None, covariance="full", random_state=0).fit(X, y)
+    before = snapshot(model, X)
+    with pytest.raises((ValueError, SingularCovarianceError)):
+        update(model, X)
+    assert snapshot(model, X) == before
+
+
+def test_priors_given_per_class_refuse_a_change_in_the_number_of_classes_without_changing_the_model():
+    rng = np.random.default_rng(1)
+    X, y = blobs(rng, 100)
+    model = OpenWorld(priors=[0.5, 0.3, 0.2], random_state=0).fit(X, y)
+    before = snapshot(model, X)
+    for update in (lambda: model.forget([2]), lambda: model.partial_fit(X[:10], np.repeat(7, 10))):
+        with pytest.raises(ValueError, match="priors"):
+            update()
+        assert snapshot(model, X) == before
+
+
+def test_a_mixture_refusing_weights_keeps_its_classes():
+    rng = np.random.default_rng(2)
+    X, y = blobs(rng, 100, classes=2)
+    model = OpenWorld(components=2, random_state=0).fit(X, y)
+    with pytest.raises(ValueError, match="sample_weight"):
+        model.partial_fit(X[:10], np.repeat(5, 10), sample_weight=np.ones(10))
+    assert model.classes_.tolist() == [0, 1] and model.predict_proba(X).shape == (len(X), 2)
+
+
+@pytest.mark.parametrize("change", ["forget", "unlearn", "partial_fit"])
+def test_a_working_point_on_the_former_score_is_dropped_with_a_warning(change):
+    """score='auto' is relative Mahalanobis with several classes and Mahalanobis with one; a threshold on
+    one says nothing about the other (kept 0.43 of fresh rows for a 0.95 target, before this was fixed)."""
+    rng = np.random.default_rng(3)
+    X, y = blobs(rng, 400)
+    if change == "partial_fit":
+        model = OpenWorld(random_state=0).fit(X[y == 0])
+        assert model.score_ == "mahalanobis" and model.threshold_ is not None
+        with pytest.warns(UserWarning, match="set_working_point"):
+            model.partial_fit(X[y == 1], np.repeat("other", 400))
+        assert model.score_ == "relative_mahalanobis"
+    else:
+        model = OpenWorld(random_state=0).fit(X, y)
+        with pytest.warns(UserWarning, match="set_working_point"):
+            model.forget([1, 2]) if change == "forget" else model.unlearn(X[y != 0], y[y != 0])
+        assert model.score_ == "mahalanobis"
+    assert model.threshold_ is None and model.held_out_scores_ is None
+    fresh, _ = blobs(np.random.default_rng(4), 4000, classes=1)
+    assert (model.predict(fresh) != model.unknown_label).all()  # nothing rejected, as the warning says
+    model.set_working_point(fresh[:2000])
+    kept = np.mean(model.predict(fresh[2000:]) != model.unknown_label)
+    assert abs(kept - 0.95) < 0.02
+
+
+def test_an_update_that_keeps_the_score_keeps_the_working_point_without_warning():
+    rng = np.random.default_rng(5)
+    X, y = blobs(rng, 300)
+    model = OpenWorld(random_state=0).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.forget([2])
+        model.partial_fit(X[y == 2], y[y == 2])
+    assert model.threshold_ is not None
+
+
+def test_unlearn_after_a_gaussian_working_point_recomputes_it_like_a_refit():
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(300, 10))
+    kwargs = dict(shrinkage=None, working_point="gaussian", random_state=0)
+    model = OpenWorld(**kwargs).fit(X).unlearn(X[20:])
+    assert model.threshold_ == pytest.approx(OpenWorld(**kwargs).fit(X[:20]).threshold_, rel=1e-9)
+    with pytest.raises(ValueError, match="more rows than features"):  # a refit on 11 rows in 10-d refuses
+        OpenWorld(**kwargs).fit(X).unlearn(X[11:])
+
+
+def test_unlearn_refuses_a_trimmed_fit():
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(200, 3))
+    model = OpenWorld(contamination=0.05, random_state=0).fit(X)
+    with pytest.raises(ValueError, match="contamination"):
+        model.unlearn(X[:10])
+
+
+@pytest.mark.parametrize("covariance", ["full", "diag", "tied"])
+def test_the_scale_of_the_weights_does_not_change_the_class_covariances(covariance):
+    """The weighted maximum-likelihood covariance S / W is free of the weights' scale (numpy's
+    ``np.cov(aweights=w, bias=True)``), also where a class weighs less than 1 in all."""
+    rng = np.random.default_rng(8)
+    X, y = blobs(rng, 50, d=3, classes=2)
+    kwargs = dict(covariance=covariance, shrinkage=0.1, score="mahalanobis", target_tpr=None)
+    ones = OpenWorld(**kwargs).fit(X, y, sample_weight=np.ones(len(X)))
+    small = OpenWorld(**kwargs).fit(X, y, sample_weight=np.full(len(X), 0.01))
+    np.testing.assert_allclose(small.predict_proba(X), ones.predict_proba(X), atol=1e-12)
+    np.testing.assert_allclose(small.score_samples(X), ones.score_samples(X), rtol=1e-10)
+    if covariance == "full":
+        unshrunk = OpenWorld(covariance="full", shrinkage=0.0, score="mahalanobis", target_tpr=None)
+        unshrunk.fit(X, y, sample_weight=np.full(len(X), 0.01))
+        reference = np.cov(X[y == 0].T, aweights=np.full(50, 0.01), bias=True)
+        offset = X[:5] - X[y == 0].mean(0)
+        expected = -np.einsum("nd,de,ne->n", offset, np.linalg.inv(reference), offset)
+        distances = unshrunk.head_.squared_mahalanobis(torch.from_numpy(X[:5]))[:, 0].numpy()
+        np.testing.assert_allclose(-distances, expected, rtol=1e-9)
+
+
+def test_shrinkage_of_zero_is_no_shrinkage_a_singular_covariance_is_a_clear_error():
+    X = np.random.default_rng(9).normal(size=(5, 8))  # more features than rows
+    for shrinkage in (None, 0.0):
+        with pytest.raises(SingularCovarianceError, match="shrinkage"):
+            OpenWorld(shrinkage=shrinkage).fit(X)
+
+
+def test_chunks_and_updates_of_zero_weight_are_accepted_like_the_same_rows_in_one_fit():
+    rng = np.random.default_rng(10)
+    X, y = blobs(rng, 100)
+    w = np.ones(len(X))
+    w[:50] = 0.0
+    whole = OpenWorld(target_tpr=None).fit(X, y, sample_weight=w)
+    chunked = OpenWorld(target_tpr=None).fit_batches([(X[:50], y[:50], w[:50]), (X[50:], y[50:], w[50:])])
+    np.testing.assert_allclose(chunked.predict_proba(X), whole.predict_proba(X), rtol=1e-9)
+    updated = OpenWorld(target_tpr=None).fit(X[50:], y[50:]).partial_fit(X[:50], y[:50], sample_weight=w[:50])
+    np.testing.assert_allclose(updated.predict_proba(X), whole.predict_proba(X), rtol=1e-9)
+    with pytest.raises(ValueError, match="zero for every row"):
+        OpenWorld().fit_batches([(X[:50], y[:50], w[:50])])
+
+
+def test_numpy_scalar_parameters_are_saved_as_the_numbers_they_are(tmp_path):
+    rng = np.random.default_rng(11)
+    X, y = blobs(rng, 100)
+    model = OpenWorld(random_state=np.int64(3), unknown_label=np.int64(-1)).fit(X, y)
+    model.save(tmp_path / "m.safetensors")
+    back = OpenWorld.load(tmp_path / "m.safetensors")
+    assert back.random_state == 3 and back.unknown_label == -1
+    more, more_y = blobs(rng, 50)
+    assert back.partial_fit(more, more_y).threshold_ == model.partial_fit(more, more_y).threshold_

@@ -39,12 +39,13 @@ def _parse_shrinkage(value: str):
 
 
 def _features(path: Path, vectors: Optional[str], text: Optional[str], labels: Optional[str], progress: bool,
-              encoder_name: Optional[str] = None):
+              encoder_name: Optional[str] = None, columns=None):
     """(X, labels, encoder name or None) from a table; text is embedded (cached) by the encoder named
-    ``encoder_name`` (a saved model's ``embedding_model_``; None: the default encoder)."""
+    ``encoder_name`` (a saved model's ``embedding_model_``; None: the default encoder). ``columns``: the
+    feature columns a saved model was fitted on, taken by name."""
     from openworld.io.tables import read_table
 
-    table = read_table(path, vector_column=vectors, text_column=text, label_column=labels)
+    table = read_table(path, vector_column=vectors, text_column=text, label_column=labels, feature_columns=columns)
     if table.vectors is not None:
         return table.vectors, table.labels, None
     from openworld.encoders.text import TextEncoder, embed_texts
@@ -62,12 +63,25 @@ def _model_and_features(model_path: Path, data: Path, vectors, text, labels, pro
 
     try:
         model = OpenWorld.load(model_path, device=device)
-        X, y, encoder = _features(data, vectors, text, labels, progress, model.embedding_model_)
+        X, y, encoder = _features(data, vectors, text, labels, progress, model.embedding_model_, model.feature_columns_)
     except (ValueError, FileNotFoundError, ImportError) as error:
         _fail(str(error))
     if encoder is not None and model.embedding_model_ != encoder:
         _fail(f"{model_path} was fitted on {model.embedding_model_ or 'vectors'}, not on text embedded with {encoder}")
     return model, X, y
+
+
+def _check_output(path: Optional[Path], table: bool = False) -> None:
+    """Fail before any work if ``path`` cannot be written: its folder must exist and, for a table
+    (``table``), its suffix must be one ``write_table`` writes."""
+    from openworld.io.tables import WRITE_SUFFIXES
+
+    if path is None:
+        return
+    if not path.parent.is_dir():
+        _fail(f"cannot write {path}: folder {path.parent} does not exist")
+    if table and path.suffix.lower() not in WRITE_SUFFIXES:
+        _fail(f"cannot write {path}: unsupported file type {path.suffix or '(no suffix)'!r}; supported: {', '.join(WRITE_SUFFIXES)}")
 
 
 def _vector_batches(path: Path, vectors: Optional[str], labels: Optional[str]):
@@ -138,6 +152,8 @@ def embed(
     from openworld.encoders.text import TextEncoder, embed_texts
     from openworld.io.tables import read_table, write_table
 
+    _check_output(output, table=True)
+
     try:
         encoder = TextEncoder(batch_size=batch_size, progress=progress, layers=[int(part) for part in layers.split(",")])
     except ValueError:
@@ -198,9 +214,14 @@ def fit(
         else:
             X, y, encoder = _features(data, vectors, text, labels, progress)
             model.fit(X, y)
+        from openworld.io.tables import feature_columns
+
+        # named feature columns are matched by name when the model scores another file
+        columns = () if text is not None else feature_columns(data, vector_column=vectors, label_column=labels)
     except (ValueError, FileNotFoundError, ImportError) as error:
         _fail(str(error))
     model.embedding_model_ = encoder
+    model.feature_columns_ = list(columns) or None
     model.set_params(device=None)  # the file scores wherever it is loaded (--device there)
     model.save(output)
     _print_summary(
@@ -229,6 +250,7 @@ def score_command(
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """Predict labels (or unknown), OOD scores and confidences for every row."""
+    _check_output(output, table=True)
     model, X, y = _model_and_features(model_path, data, vectors, text, labels, progress, device)
     try:
         posteriors = model.predict_proba(X)
@@ -236,9 +258,11 @@ def score_command(
         scores = model.score_samples(X)
     except ValueError as error:
         _fail(str(error))
+    rejects = model.threshold_ is not None and model.target_tpr is not None  # what predict rejects by
     columns = {
         "prediction": predictions.astype(str),
-        "unknown": predictions.astype(str) == str(model.unknown_label),
+        # from the score, not the prediction: a class may share unknown_label's name
+        "unknown": scores < model.threshold_ if rejects else np.zeros(len(scores), dtype=bool),
         "score": scores,
         "confidence": posteriors.max(1),
     }
@@ -275,6 +299,9 @@ def discover_command(
         count = n_new if n_new == "auto" else int(n_new)
     except ValueError:
         _fail(f"--n-new must be 'auto' or an integer, got {n_new!r}")
+    _check_output(output, table=True)
+    _check_output(report)
+    _check_output(adopt)
     model, X, _ = _model_and_features(model_path, data, vectors, text, None, progress, device)
     try:
         with console.status("discovering new classes"):
@@ -291,7 +318,7 @@ def discover_command(
     for column in ("cluster", "rows", "representative rows"):
         table.add_column(column)
     for cluster in result.clusters:
-        table.add_row(cluster.name, str(cluster.size), ", ".join(str(i) for i in cluster.representatives))
+        table.add_row(str(cluster.name), str(cluster.size), ", ".join(str(i) for i in cluster.representatives))
     console.print(table)
     console.print(str(result.settings), highlight=False)  # the candidate discover chose on these rows
     if report is not None:
@@ -336,7 +363,10 @@ def _anomaly_labels(flags: np.ndarray, classes: np.ndarray, column: str) -> tupl
     if not values <= {0, 1}:
         raise ValueError(f"--anomaly-column {column!r} must hold 0 (normal) and 1 (anomaly), found {sorted(values)[:5]!r}")
     is_ood = flags == 1
-    return np.full(flags.shape, classes[0], dtype=classes.dtype), is_ood
+    labels = np.full(flags.shape, classes[0], dtype=classes.dtype)
+    if classes.dtype.kind == "U" and classes[0] != "anomaly":  # anomalies listed as such, not under the normal class
+        labels = np.where(is_ood, "anomaly", labels)
+    return labels, is_ood
 
 
 def _print_report(report) -> None:
@@ -378,8 +408,7 @@ def eval_command(
     from openworld.evaluation.report import evaluate, write_html, write_json
 
     for path in (report_path, json_out):
-        if path is not None and not path.parent.is_dir():
-            _fail(f"cannot write {path}: folder {path.parent} does not exist")
+        _check_output(path)
     if anomaly_column is not None and (labels is not None or ood_label):
         _fail("--anomaly-column replaces --labels and --ood-label: give one or the other")
     model, X, y = _model_and_features(model_path, data, vectors, text, anomaly_column or labels, progress, device)

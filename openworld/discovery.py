@@ -157,6 +157,10 @@ def discover(model, X: Tensor, n_new="auto", *, settings: Settings | None = None
     (``settings``: chosen among :data:`CANDIDATE_SETTINGS` on ``X`` unless given)."""
     if n_new != "auto" and (isinstance(n_new, bool) or not isinstance(n_new, (int, np.integer)) or n_new < 0):
         raise ValueError(f"n_new must be 'auto' or an int >= 0, got {n_new!r}")
+    if n_new != "auto" and n_new * MIN_NEW_ROWS > X.shape[0]:
+        raise ValueError(f"n_new={n_new} new classes need at least {MIN_NEW_ROWS} rows each; {X.shape[0]} rows were given")
+    if isinstance(representatives, bool) or not isinstance(representatives, (int, np.integer)) or representatives < 0:
+        raise ValueError(f"representatives must be an int >= 0 (rows shown per new cluster), got {representatives!r}")
     rng = np.random.default_rng(random_state)
     if settings is None:
         settings = _calibrated_settings(model, X, n_new, rng)

@@ -86,7 +86,8 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
     the density: the one score that keeps rows; ``partial_fit`` and ``forget``
     update the sample, ``unlearn`` is refused. An
     ``embedding_model_`` attribute, when set (the command line sets it), names
-    the encoder the features came from and is saved with the model.
+    the encoder the features came from, and ``feature_columns_`` the table
+    columns that were the features (scored by name); both are saved with the model.
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
@@ -539,6 +540,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             "threshold": self.threshold_,
             "held_out_represents": held_out,
             "embedding_model": getattr(self, "embedding_model_", None),
+            "feature_columns": getattr(self, "feature_columns_", None),
         }
         write_model_file(path, tensors, manifest)
 
@@ -569,6 +571,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
                 raise ValueError("statistics do not match the classes and features in the manifest")
             model.threshold_ = manifest["threshold"]
             model.embedding_model_ = manifest["embedding_model"]
+            model.feature_columns_ = manifest.get("feature_columns")  # files written before it was saved lack it
             model.held_out_scores_ = None
             model.kernel_sample_, bandwidth = None, None
             if "kernel_sample.rows" in tensors:

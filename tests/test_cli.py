@@ -159,3 +159,90 @@ def test_demo_json_report(tmp_path, monkeypatch):
     assert report["n_test_in_scope"] == 4500 and report["n_test_out_of_scope"] == 1000
     for key in ("in_scope_accuracy", "oos_auroc", "oos_fpr_at_95", "in_scope_kept", "oos_rejected"):
         assert 0.0 <= report[key] <= 1.0
+
+
+def _named_columns(path, X, y=None, order=None):
+    names = [f"f{j}" for j in range(X.shape[1])]
+    order = order or names
+    columns = {name: X[:, names.index(name)] for name in order}
+    if y is not None:
+        columns["label"] = y
+    write_table(path, columns)
+
+
+def test_feature_columns_are_matched_by_name_not_position(tables):
+    tmp, X, y, test = tables
+    _named_columns(tmp / "train_cols.parquet", X, y)
+    assert runner.invoke(app, ["fit", str(tmp / "train_cols.parquet"), "-o", str(tmp / "m.safetensors"), "--no-progress"]).exit_code == 0
+    assert OpenWorld.load(tmp / "m.safetensors").feature_columns_ == [f"f{j}" for j in range(6)]
+    reversed_order = [f"f{j}" for j in reversed(range(6))]
+    _named_columns(tmp / "test_cols.parquet", test, order=reversed_order)
+    result = runner.invoke(app, ["score", str(tmp / "m.safetensors"), str(tmp / "test_cols.parquet"), "-o", str(tmp / "out.parquet")])
+    assert result.exit_code == 0, result.output
+    out = pq.read_table(tmp / "out.parquet").to_pydict()
+    np.testing.assert_allclose(out["score"], OpenWorld(random_state=0).fit(X, y).score_samples(test), rtol=1e-5)
+    write_table(tmp / "missing.parquet", {"f0": test[:, 0], "f1": test[:, 1]})
+    result = runner.invoke(app, ["score", str(tmp / "m.safetensors"), str(tmp / "missing.parquet"), "-o", str(tmp / "o.parquet")])
+    assert result.exit_code != 0 and "missing here" in result.output
+
+
+def test_the_unknown_column_comes_from_the_score_even_for_a_class_named_unknown(tmp_path):
+    rng = np.random.default_rng(3)
+    X = np.vstack([rng.normal(0, 1, (300, 4)), rng.normal(5, 1, (300, 4))])
+    y = np.repeat(["b", "unknown"], 300)
+    write_table(tmp_path / "train.parquet", {"embedding": X, "label": y})
+    assert runner.invoke(app, ["fit", str(tmp_path / "train.parquet"), "-o", str(tmp_path / "m.safetensors")]).exit_code == 0
+    assert runner.invoke(app, ["score", str(tmp_path / "m.safetensors"), str(tmp_path / "train.parquet"), "-o", str(tmp_path / "o.parquet")]).exit_code == 0
+    out = pq.read_table(tmp_path / "o.parquet").to_pydict()
+    model = OpenWorld.load(tmp_path / "m.safetensors")
+    assert out["unknown"] == (model.score_samples(X) < model.threshold_).tolist()
+    assert np.mean(out["unknown"]) < 0.2  # not the half of the rows whose class is named "unknown"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["score", "{m}", "{data}", "-o", "{tmp}/out.txt"],
+        ["score", "{m}", "{data}", "-o", "{tmp}/no_such_dir/out.parquet"],
+        ["discover", "{m}", "{data}", "-o", "{tmp}/c.parquet", "--report", "{tmp}/no_such_dir/r.html"],
+        ["discover", "{m}", "{data}", "-o", "{tmp}/c.parquet", "--adopt", "{tmp}/no_such_dir/m.safetensors"],
+    ],
+)
+def test_an_output_that_cannot_be_written_fails_first_with_a_clear_error(tables, command):
+    tmp, *_ = tables
+    assert runner.invoke(app, ["fit", str(tmp / "train.parquet"), "-o", str(tmp / "m.safetensors")]).exit_code == 0
+    args = [a.format(m=tmp / "m.safetensors", data=tmp / "test.parquet", tmp=tmp) for a in command]
+    result = runner.invoke(app, args)
+    assert result.exit_code != 0 and "cannot write" in result.output
+    assert not (tmp / "c.parquet").exists()  # failed before any work
+
+
+def test_discover_with_integer_classes_writes_its_table_report_and_adopted_model(tmp_path):
+    rng = np.random.default_rng(4)
+    centers = rng.normal(0, 6, (4, 5))
+    X = np.vstack([c + rng.normal(size=(80, 5)) for c in centers])
+    y = np.repeat(np.arange(4), 80)
+    write_table(tmp_path / "train.parquet", {"embedding": X[y < 2], "label": y[y < 2]})
+    write_table(tmp_path / "unlabelled.parquet", {"embedding": X})
+    assert runner.invoke(app, ["fit", str(tmp_path / "train.parquet"), "-o", str(tmp_path / "m.safetensors")]).exit_code == 0
+    result = runner.invoke(app, ["discover", str(tmp_path / "m.safetensors"), str(tmp_path / "unlabelled.parquet"),
+                                 "-o", str(tmp_path / "c.parquet"), "--report", str(tmp_path / "r.html"),
+                                 "--adopt", str(tmp_path / "adopted.safetensors"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    adopted = OpenWorld.load(tmp_path / "adopted.safetensors")
+    assert adopted.classes_.dtype.kind == "i" and len(adopted.classes_) > 2
+    assert (tmp_path / "r.html").read_text().count("<tr>") >= len(adopted.classes_) - 2
+
+
+def test_eval_with_an_anomaly_column_lists_anomalies_as_such(tmp_path):
+    rng = np.random.default_rng(5)
+    write_table(tmp_path / "normal.parquet", {"embedding": rng.normal(size=(300, 3))})
+    test = np.vstack([rng.normal(size=(30, 3)), rng.normal(size=(10, 3)) + 8])
+    write_table(tmp_path / "test.parquet", {"embedding": test, "y": np.r_[np.zeros(30), np.ones(10)]})  # float flags
+    assert runner.invoke(app, ["fit", str(tmp_path / "normal.parquet"), "-o", str(tmp_path / "m.safetensors")]).exit_code == 0
+    result = runner.invoke(app, ["eval", str(tmp_path / "m.safetensors"), str(tmp_path / "test.parquet"),
+                                 "--anomaly-column", "y", "--json", str(tmp_path / "r.json"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    per_class = {row["label"]: row for row in json.loads((tmp_path / "r.json").read_text())["per_class"]}
+    assert per_class["normal"]["n"] == 30 and per_class["anomaly"]["n"] == 10
+    assert per_class["anomaly"]["in_distribution"] is False

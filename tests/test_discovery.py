@@ -374,3 +374,19 @@ def test_matched_share_is_the_best_one_to_one_matching():
     labels = np.array(["x", "x", "y", "y", "y", "y"])  # y would fit b and c: only one of them gets it
     assert _matched_share(truth, labels) == pytest.approx(4 / 6)
     assert _matched_share(truth, np.array(["p", "p", "p", "q", "q", "r"])) == 1.0  # names do not matter
+
+
+def test_a_negative_number_of_representatives_is_a_clear_error():
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 1, (60, 3)), rng.normal(6, 1, (60, 3))])
+    model = ow.OpenWorld(random_state=0).fit(X[:60], np.zeros(60, int))
+    with pytest.raises(ValueError, match="representatives"):
+        model.discover(X, representatives=-1)
+
+
+def test_more_new_classes_than_the_rows_can_hold_is_a_clear_error():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(40, 3))
+    model = ow.OpenWorld(random_state=0).fit(X[:20], np.zeros(20, int))
+    with pytest.raises(ValueError, match="n_new=11"):
+        model.discover(X, n_new=11)  # 11 classes of at least 4 rows need 44 rows

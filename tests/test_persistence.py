@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -351,3 +352,14 @@ def test_no_module_of_the_package_uses_pickle():
         if (uses := _pickle_uses(p.read_text(encoding="utf-8")))
     }
     assert offenders == {}
+
+
+def test_model_files_honour_the_umask_like_tables(tmp_path):
+    X = np.random.default_rng(0).normal(size=(50, 3))
+    previous = os.umask(0o027)
+    try:
+        OpenWorld().fit(X).save(tmp_path / "m.safetensors")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary file left behind

@@ -481,3 +481,42 @@ def test_table_invariants():
 def test_batch_rows_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="batch_rows must be at least 1"):
         iter_vector_batches(tmp_path / "t.npy", batch_rows=0)
+
+
+# --- missing values, pandas' index, flag columns --------------------------------------
+
+
+def test_an_empty_csv_cell_in_the_label_or_text_column_is_a_missing_value(tmp_path):
+    (tmp_path / "labels.csv").write_text("f0,f1,label\n0.1,0.2,a\n0.3,0.4,\n0.5,0.6,b\n")
+    with pytest.raises(ValueError, match=r"column 'label' row 1 is empty"):
+        read_table(tmp_path / "labels.csv")
+    (tmp_path / "texts.csv").write_text('text,label\nhello,a\n"",b\n')
+    with pytest.raises(ValueError, match=r"column 'text' row 1 is empty"):
+        read_table(tmp_path / "texts.csv")
+
+
+def test_a_pandas_index_stored_in_parquet_is_not_a_feature(tmp_path):
+    """pandas writes a non-default index as a column named in the schema's pandas metadata."""
+    table = pa.table({"f0": [0.1, 0.2, 0.3], "f1": [1.0, 2.0, 3.0], "__index_level_0__": [7, 3, 5], "label": ["a", "b", "a"]})
+    metadata = {b"pandas": b'{"index_columns": ["__index_level_0__"], "column_indexes": [], "columns": []}'}
+    pq.write_table(table.replace_schema_metadata(metadata), tmp_path / "frame.parquet")
+    read = read_table(tmp_path / "frame.parquet")
+    np.testing.assert_array_equal(read.vectors, np.array([[0.1, 1.0], [0.2, 2.0], [0.3, 3.0]]))
+    assert [batch.vectors.shape[1] for batch in iter_vector_batches(tmp_path / "frame.parquet")] == [2]
+
+
+@pytest.mark.parametrize("flags", [pa.array([True, False, True]), pa.array([1.0, 0.0, 1.0])], ids=["bool", "float"])
+def test_flag_columns_of_bools_or_whole_floats_are_integer_labels(tmp_path, flags):
+    pq.write_table(pa.table({"embedding": pa.array([[0.0, 1.0]] * 3), "y": flags}), tmp_path / "flags.parquet")
+    assert read_table(tmp_path / "flags.parquet").labels.tolist() == [1, 0, 1]
+    pq.write_table(pa.table({"embedding": pa.array([[0.0, 1.0]] * 3), "y": [0.5, 0.0, 1.0]}), tmp_path / "real.parquet")
+    with pytest.raises(ValueError, match="labels are strings or integers"):
+        read_table(tmp_path / "real.parquet")
+
+
+def test_feature_columns_are_taken_by_name_in_the_order_given(tmp_path):
+    pq.write_table(pa.table({"b": [1.0, 2.0], "id": ["x", "y"], "a": [3.0, 4.0]}), tmp_path / "t.parquet")
+    read = read_table(tmp_path / "t.parquet", feature_columns=["a", "b"])
+    np.testing.assert_array_equal(read.vectors, np.array([[3.0, 1.0], [4.0, 2.0]]))
+    with pytest.raises(ValueError, match=r"missing here: 'c'"):
+        read_table(tmp_path / "t.parquet", feature_columns=["a", "c"])

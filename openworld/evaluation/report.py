@@ -832,7 +832,7 @@ def render_discovery_html(discovery, X, *, title: str | None = None, seed: int =
     X = _numpy(X).astype(np.float64)
     heading = "openworld discovery" + (f" — {title}" if title else "")
     rows = "".join(
-        f"<tr><td>{e(c.name)}</td><td class=\"n\">{c.size}</td><td>{e(', '.join(str(i) for i in c.representatives))}</td></tr>"
+        f"<tr><td>{e(str(c.name))}</td><td class=\"n\">{c.size}</td><td>{e(', '.join(str(i) for i in c.representatives))}</td></tr>"
         for c in discovery.clusters
     )
     parts = [
@@ -874,6 +874,6 @@ def _svg_projection(discovery, X: np.ndarray, seed: int) -> str:
     for i in sorted(representatives):
         plot.add(f'<circle cx="{plot.x(points[i, 0]):.1f}" cy="{plot.y(points[i, 1]):.1f}" r="5" fill="none" '
                  f'stroke="{colour[discovery.labels[i]]}" stroke-width="1.6"/>')
-    entries = [("known classes", "#c8c8c8", "dot")] + [(c.name, colour[c.name], "dot") for c in discovery.clusters[:10]]
+    entries = [("known classes", "#c8c8c8", "dot")] + [(str(c.name), colour[c.name], "dot") for c in discovery.clusters[:10]]
     _legend(plot, entries, plot.right - 130, plot.top + 20)
     return plot.svg()

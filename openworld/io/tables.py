@@ -100,6 +100,7 @@ def read_table(
     vector_column: str | None = None,
     text_column: str | None = None,
     label_column: str | None = None,
+    feature_columns: Sequence[str] | None = None,
 ) -> Table:
     """Read a whole ``.npy``, ``.npz``, Parquet or CSV file into a :class:`Table`.
 
@@ -107,8 +108,9 @@ def read_table(
     ``embedding``/``vector``/``x`` or else the only list column (in CSV, cells such
     as ``"[0.1, 0.2]"`` or, in a column so named, ``"0.1 0.2"``). Text, only when
     there is no vector column: a string column named ``text``/``sentence``/
-    ``utterance``. Neither: every numeric column but the label column is one
-    dimension, in file order. Labels: ``label`` or ``y`` when present. In ``.npz``
+    ``utterance``. Neither: every numeric column but the label column (and a
+    pandas index) is one dimension, in file order, or the ``feature_columns``
+    named, in their order. Labels: ``label`` or ``y`` when present. In ``.npz``
     the same names pick arrays (``X``/``embeddings``, ``y``/``labels``); ``.npy``
     holds vectors only.
     """
@@ -129,12 +131,31 @@ def read_table(
         with _parquet_file(path) as parquet:
             if parquet.metadata.num_rows == 0:
                 raise ValueError(f"{path}: file is empty (no rows)")
-            layout = _layout(path, parquet.schema_arrow, vector_column, text_column, label_column)
+            layout = _layout(path, parquet.schema_arrow, vector_column, text_column, label_column, feature_columns)
             table = parquet.read(columns=layout.columns)
     else:
         table = _read_csv(path, vector_column, text_column, label_column)
-        layout = _layout(path, table.schema, vector_column, text_column, label_column)
+        layout = _layout(path, table.schema, vector_column, text_column, label_column, feature_columns)
     return _extract(path, table, layout, first_row=0)
+
+
+def feature_columns(
+    path: str | os.PathLike[str],
+    *,
+    vector_column: str | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+) -> tuple[str, ...]:
+    """The columns that :func:`read_table` takes as one feature each, in order; empty where the file holds a
+    vector column, texts, or unnamed arrays (``.npy``, ``.npz``)."""
+    path, suffix = _checked_path(path, READ_SUFFIXES)
+    if suffix in (".npy", ".npz"):
+        return ()
+    if suffix == ".parquet":
+        with _parquet_file(path) as parquet:
+            return _layout(path, parquet.schema_arrow, vector_column, text_column, label_column).features
+    table = _read_csv(path, vector_column, text_column, label_column)
+    return _layout(path, table.schema, vector_column, text_column, label_column).features
 
 
 def iter_vector_batches(
@@ -426,8 +447,13 @@ def _layout(
     vector_column: str | None,
     text_column: str | None,
     label_column: str | None,
+    feature_columns: Sequence[str] | None = None,
 ) -> _Layout:
-    names = schema.names
+    """``feature_columns``: where the vector is one column per feature, exactly these, in this order (the
+    columns a model was fitted on), whatever else the file holds and in whatever order."""
+    # pandas writes its index as a column (``__index_level_0__`` or the index's name): row numbers, not data
+    index = {name for name in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(name, str)}
+    names = [name for name in schema.names if name not in index or name in (vector_column, text_column, label_column)]
     for given in (vector_column, text_column, label_column):
         if given is not None and given not in names:
             raise ValueError(f"{path}: no column {given!r}; columns present: {_listing(names)}")
@@ -453,8 +479,17 @@ def _layout(
         raise ValueError(f"{path}: column {text!r} holds {types[text]}, not text")
 
     features: tuple[str, ...] = ()
-    if vector is None and text is None:
+    if vector is None and text is None and feature_columns:
+        missing = [name for name in feature_columns if name not in names]
+        if missing:
+            raise ValueError(
+                f"{path}: the model was fitted on the feature columns {_listing(list(feature_columns))}; "
+                f"missing here: {_listing(missing)}"
+            )
+        features = tuple(feature_columns)
+    elif vector is None and text is None:
         features = tuple(name for name in names if name != label)
+    if features:
         if not any(_is_numeric(types[name]) for name in features):
             raise ValueError(
                 f"{path}: no vector column and no text column found; columns present: {_listing(names)}; "
@@ -484,13 +519,17 @@ def _extract(path: Path, data: pa.Table | pa.RecordBatch, layout: _Layout, first
         column = _column(data, layout.text)
         _no_nulls(path, layout.text, column, first_row)
         texts = column.to_pylist()
+        _no_empty_strings(path, layout.text, np.asarray(texts, dtype=str), first_row)
     if layout.label is not None:
         column = _column(data, layout.label)
         _no_nulls(path, layout.label, column, first_row)
         if _is_string(column.type):
             labels = column.to_numpy(zero_copy_only=False).astype(str)
-        elif pa.types.is_integer(column.type):
-            labels = column.to_numpy(zero_copy_only=False, writable=True)
+            _no_empty_strings(path, layout.label, labels, first_row)
+        elif pa.types.is_integer(column.type) or pa.types.is_boolean(column.type):
+            labels = column.to_numpy(zero_copy_only=False, writable=True).astype(np.int64)
+        elif pa.types.is_floating(column.type) and _whole_numbers(values := column.to_numpy(zero_copy_only=False)):
+            labels = values.astype(np.int64)  # 0.0 / 1.0 flags written by tools that know no integers
         else:
             raise ValueError(f"{path}: label column {layout.label!r} holds {column.type}; labels are strings or integers")
     return Table(vectors=vectors, texts=texts, labels=labels)
@@ -585,6 +624,17 @@ def _floats(values: pa.Array) -> np.ndarray:
     if not (pa.types.is_float32(kind) or pa.types.is_float64(kind)):
         values = values.cast(pa.float32() if pa.types.is_float16(kind) else pa.float64(), safe=False)
     return values.to_numpy(zero_copy_only=False, writable=True)
+
+
+def _no_empty_strings(path: Path, name: str, values: np.ndarray, first_row: int) -> None:
+    """An empty label or text is a missing value (an empty CSV cell reads as ``""``), not a class or a text."""
+    empty = np.flatnonzero(np.char.str_len(values) == 0) if values.size else np.empty(0, int)
+    if empty.size:
+        raise ValueError(f"{path}: column {name!r} row {first_row + int(empty[0])} is empty (a missing value?)")
+
+
+def _whole_numbers(values: np.ndarray) -> bool:
+    return bool(np.isfinite(values).all() and (values == np.round(values)).all() and (np.abs(values) < 2**53).all())
 
 
 def _no_nulls(path: Path, name: str, column: pa.Array, first_row: int) -> None:

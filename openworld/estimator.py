@@ -146,41 +146,50 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         self._validate_params()
         if self._is_mixture() or self.contamination:
             return self._fit_from_rows(X, y, sample_weight)
-        return self.fit_batches([(X, y, sample_weight)])
+        return self._fit_chunks([(X, y, sample_weight)], chunked=False)
 
     def fit_batches(self, batches):
         """Fit from an iterable of ``(X, y)`` or ``(X, y, sample_weight)`` chunks, in constant memory.
 
         Only the statistics and a fixed-size sample of rows (for the working
         point) are kept, so a file larger than memory can be streamed; the
-        result equals ``fit`` on the concatenated chunks. ``y`` None in every
-        chunk fits a one-class model. Mixtures and trimming need all rows at
-        once and are refused here.
+        result equals ``fit`` on the concatenated chunks (chunks of no rows are
+        skipped). ``y`` None in every chunk fits a one-class model. Mixtures and
+        trimming need all rows at once and are refused here.
         """
         self._validate_params()
         if self._is_mixture() or self.contamination:
             raise ValueError("fit_batches needs components=1 and contamination=0 (mixtures and trimming revisit rows)")
+        return self._fit_chunks(batches, chunked=True)
+
+    def _fit_chunks(self, batches, chunked: bool):
+        """Merge the chunks' statistics and row samples; ``chunked``: errors name the chunk."""
         rng = self._rng()
-        state, sample, n_features = None, RowSample(WORKING_POINT_ROWS), None
+        state, sample, n_features, unlabelled = None, RowSample(WORKING_POINT_ROWS), None, None
         for number, batch in enumerate(batches):
             X, y, sample_weight = tuple(batch) + (None,) * (3 - len(batch))
             try:
+                if chunked and (X.shape[0] if hasattr(X, "shape") else len(X)) == 0:
+                    continue
+                if unlabelled is not None and (y is None) != unlabelled:
+                    raise ValueError("y is None in some chunks but not in others: label every chunk, or none (one class)")
+                unlabelled = y is None
                 X, _ = as_features(X, n_features=n_features, name=type(self).__name__, device=self.device)
                 labels = device_labels(y, X.shape[0], X.device)
                 labels = self._labels_or_one_class(y, X.shape[0]) if labels is None else labels
                 is_text = isinstance(labels, np.ndarray) and labels.dtype.kind == "U"
                 if state is not None and is_text != (state.labels.dtype.kind == "U"):
                     raise ValueError("labels change type (str / int) between chunks; use one label type throughout")
-                weights = as_weights(sample_weight, X.shape[0], X.device, part_of_more=True)
+                weights = as_weights(sample_weight, X.shape[0], X.device, part_of_more=chunked)
             except ValueError as error:
-                raise ValueError(f"chunk {number}: {error}") from None
+                raise ValueError(f"chunk {number}: {error}" if chunked else str(error)) from None
             n_features = X.shape[1]
             part = LabelledStatistics.from_rows(X, labels, weights)
             state = part if state is None else state.merge(part)
             if self._needs_row_sample():
                 sample = sample.offer(X, labels, weights, rng.random(X.shape[0]))
         if state is None:
-            raise ValueError("no chunks to fit: the iterable of batches was empty")
+            raise ValueError("no chunks to fit: the iterable of batches was empty (or every chunk had no rows)")
         if float(state.statistics.weights.sum()) <= 0:
             raise ValueError("sample_weight is zero for every row: no row carries any weight")
         return self._fit_from_state(state.sorted(), sample)

@@ -82,3 +82,20 @@ def test_kernel_density_fit_gathers_its_row_sample_from_the_partitions(client):
     rows = np.asarray(model.kernel_sample_.rows)
     np.testing.assert_array_equal(rows[np.lexsort(rows.T)], X[np.lexsort(X.T)])
     assert np.isfinite(model.score_samples(X)).all()
+
+
+def test_partitions_that_differ_in_label_type_weigh_nothing_or_are_not_dask_are_handled():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(400, 3))
+    mixed = da.from_array(np.array(["a", "b"] * 100 + [1, 2] * 100, dtype=object), chunks=200)
+    with pytest.raises(ValueError, match="labels change type"):
+        owd.fit(da.from_array(X, chunks=(200, 3)), mixed)
+    y = np.repeat([0, 1], 200)
+    w = np.r_[np.zeros(200), np.ones(200)]  # the first partition weighs nothing: as in one local fit
+    local = OpenWorld(random_state=0).fit(X, y, sample_weight=w)
+    spread = owd.fit(
+        da.from_array(X, chunks=(200, 3)), da.from_array(y, chunks=200), sample_weight=da.from_array(w, chunks=200), random_state=0
+    )
+    np.testing.assert_allclose(spread.statistics_.weights.numpy(), local.statistics_.weights.numpy())
+    with pytest.raises(ValueError, match="y must be a Dask array"):
+        owd.fit(da.from_array(X, chunks=(200, 3)), y)

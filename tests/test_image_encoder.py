@@ -151,3 +151,13 @@ def test_cuda_encoding_matches_cpu(linear):
     on_cpu = TorchEncoder(linear, batch_size=16, progress=False).encode(images)
     on_gpu = TorchEncoder(linear, batch_size=16, device="cuda", progress=False).encode(images)
     np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-4, atol=1e-5)
+
+
+def test_each_submodule_gets_back_its_own_mode():
+    """A model in training with a frozen BatchNorm (common when fine-tuning) stays so after encoding."""
+    module = nn.Sequential(nn.Flatten(), nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.1))
+    module.train()
+    module[2].eval()
+    before = [part.training for part in module.modules()]
+    TorchEncoder(module, batch_size=3, progress=False).encode(torch.rand(5, 1, 2, 2))
+    assert [part.training for part in module.modules()] == before

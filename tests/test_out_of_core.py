@@ -130,3 +130,15 @@ def test_peak_memory_does_not_grow_with_the_file(tmp_path):
         streamed.statistics_.scatters.numpy(), reference.statistics_.scatters.numpy(), rtol=1e-7, atol=1e-6
     )
     np.testing.assert_allclose(streamed.score_samples(X[:1000]), reference.score_samples(X[:1000]), rtol=1e-5)
+
+
+def test_chunks_of_no_rows_are_skipped_and_unlabelled_chunks_cannot_mix_with_labelled_ones(labelled):
+    X, y = labelled
+    whole = OpenWorld(random_state=0).fit(X, y)
+    with_empty = OpenWorld(random_state=0).fit_batches([(X[:0], y[:0]), (X, y), (X[:0], y[:0])])
+    np.testing.assert_allclose(with_empty.score_samples(X), whole.score_samples(X), rtol=1e-12)
+    assert with_empty.threshold_ == whole.threshold_
+    with pytest.raises(ValueError, match="chunk 1: y is None in some chunks"):
+        OpenWorld().fit_batches([(X[:100], y[:100]), (X[100:200], None)])
+    with pytest.raises(ValueError, match=r"^Input contains NaN"):  # one fit names no chunk
+        OpenWorld().fit(np.full((3, 2), np.nan))

@@ -42,7 +42,7 @@ def _partition_state(number: int, X, y, weights, seed, need_sample: bool, name: 
     try:
         features, _ = as_features(X, name=name)
         labels = np.full(features.shape[0], "normal") if y is None else as_labels(y, features.shape[0])
-        w = None if weights is None else as_weights(np.asarray(weights), features.shape[0], features.device)
+        w = None if weights is None else as_weights(np.asarray(weights), features.shape[0], features.device, part_of_more=True)
     except ValueError as error:
         raise ValueError(f"partition {number}: {error}") from None
     state = LabelledStatistics.from_rows(features, labels, w)
@@ -84,6 +84,9 @@ def fit(X, y=None, *, sample_weight=None, **params) -> OpenWorld:
     if model._is_mixture() or model.contamination:
         raise ValueError("distributed fit needs components=1 and contamination=0 (mixtures and trimming revisit rows)")
     x_parts = _partitions(X)
+    for name, value in (("y", y), ("sample_weight", sample_weight)):
+        if value is not None and not hasattr(value, "to_delayed"):
+            raise ValueError(f"{name} must be a Dask array or Series partitioned like X, got {type(value).__name__}")
     y_parts = [None] * len(x_parts) if y is None else _partitions(y)
     w_parts = [None] * len(x_parts) if sample_weight is None else _partitions(sample_weight)
     if not (len(x_parts) == len(y_parts) == len(w_parts)):
@@ -100,6 +103,8 @@ def fit(X, y=None, *, sample_weight=None, **params) -> OpenWorld:
     if merged is None:
         raise ValueError("every partition is empty: nothing to fit")
     state, sample = merged
+    if float(state.statistics.weights.sum()) <= 0:
+        raise ValueError("sample_weight is zero for every row: no row carries any weight")
     return model._fit_from_state(state.sorted(), sample)
 
 

@@ -97,7 +97,7 @@ class TorchEncoder:
         show = (self.progress if progress is None else progress) and n > size
         bar, task = progress_bar("Embedding images", n) if show else (None, None)
         parts = []
-        was_training = module.training
+        modes = {part: part.training for part in module.modules()}  # each restored: a frozen BatchNorm stays frozen
         module.eval()
         try:
             if bar is not None:
@@ -113,7 +113,8 @@ class TorchEncoder:
                     if bar is not None:
                         bar.advance(task, batch.shape[0])
         finally:
-            module.train(was_training)
+            for part, training in modes.items():
+                part.training = training
             if bar is not None:
                 bar.stop()
         return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)

@@ -9,9 +9,10 @@ rows), NMI and ARI are reported on the test rows, with the error in the number
 of new classes. Next to it, scikit-learn KMeans on the test rows with the true
 number of classes, and KMeans on the same rows as ``discover`` seeded with the
 labelled class means (true K). Seeds 0–2. Settings of ``discover`` were chosen
-on CLINC150's train + val rows only (``--validate``, run in parallel processes); test
-rows only report. The measured rows are kept in ``--results``, so ``--report-only``
-renders the page again.
+on CLINC150's train + val rows (``--validate``, run in parallel processes), except
+that one of its two candidates was kept after a test-split result on MNIST-5k (see
+``openworld.discovery.CANDIDATE_SETTINGS``; the page says so). The measured rows
+are kept in ``--results``, so ``--report-only`` renders the page again.
 
     python -m benchmarks.discovery --out docs/discovery.md [--validate] [--scale]
 """
@@ -258,6 +259,13 @@ def scale_run(n_rows: int = 100_000, d: int = 384, seed: int = 0) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+PROVENANCE = (
+    "one of the two candidates, (0.9, 1.0, 2.0), is the validation rule's earlier choice, kept after the rule's "
+    "newer choice was seen to cut MNIST-5k's 3 new digits into 61 clusters on test seed 0 of this benchmark; that "
+    "decision used a test-split result"
+)
+
+
 def render(rows: list[dict], validation: list[dict], scale: dict | None, argv: list[str]) -> str:
     from collections import defaultdict
     from dataclasses import astuple
@@ -277,9 +285,9 @@ def render(rows: list[dict], validation: list[dict], scale: dict | None, argv: l
         "those; `discover` on all other training rows plus the test rows (known and new classes mixed), the number "
         "of new classes estimated; metrics on the test rows: clustering accuracy under one Hungarian matching over "
         "all classes (then on rows of known / new classes), NMI, ARI. Mean ± std over seeds 0–2. Settings of "
-        "`discover` were chosen on CLINC150 train + val rows only (table at the end): two candidates, between which "
+        "`discover` were chosen on CLINC150 train + val rows (table at the end): two candidates, between which "
         "`discover` picks on each call by how well it rediscovers a quarter of the known classes hidden from a copy "
-        "of the model.", "",
+        "of the model. **Not clean of the test split:** " + PROVENANCE + ".", "",
         "| dataset | method | ACC | ACC known | ACC new | NMI | ARI | new classes found (true) | seconds |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -302,13 +310,19 @@ def render(rows: list[dict], validation: list[dict], scale: dict | None, argv: l
 
         chosen = choose_settings(validation)
         fixed = [v for v in validation if not v.get("calibrated")]
+        invented = {v["settings"]: v["n_new"] for v in fixed if v["seed"] == "all known"}
+        filter_note = (
+            "" if any(n <= MAX_INVENTED for n in invented.values()) else
+            f"**No setting invents at most {MAX_INVENTED} classes on the all-known split "
+            f"({min(invented.values(), default=0)} at least), so that filter kept every setting; issue 4 asks for 0.** "
+        )
         calibrated = [v for v in validation if v.get("calibrated")]
         lines += ["## Validation (CLINC150 train + val rows, no test rows; seeds 100, 101)", "",
                   "Same protocol, scored on the unlabelled train + val rows; \"all known\": every class known, "
                   "10% labelled (every new class found is invented). Rule: among the settings that invent at most "
                   f"{MAX_INVENTED} classes there, those whose mean ACC is within {ACC_TOLERANCE} of the best, then the "
                   "one whose number of new classes is nearest the truth (mean absolute error). "
-                  f"Chosen: {chosen}. `discover`'s candidates (`openworld.discovery.CANDIDATE_SETTINGS`): "
+                  f"{filter_note}Chosen: {chosen}. `discover`'s candidates (`openworld.discovery.CANDIDATE_SETTINGS`): "
                   + ", ".join(map(str, CANDIDATE_SETTINGS))
                   + (" — the rule's choice is one of them." if chosen in CANDIDATE_SETTINGS else
                      " — **the rule's choice is not among them: update the library**."), "",

@@ -876,7 +876,7 @@ def render(work: Path, out: Path, argv: list[str] | None = None) -> str:
     s = manifest["settings"]
     w(f"- **openworld**: `OpenWorld(score=…, covariance=…, shrinkage=\"auto\", target_tpr=None)` for every score in "
       f"`openworld.core.scores.SCORES` and covariance in {', '.join(s['covariances'])}; `components=\"auto\"` "
-      "(per-class Gaussian mixtures by BIC, `random_state=0`) for the tied likelihood and Mahalanobis scores; "
+      "(per-class Gaussian mixtures, the number of components by held-out log-likelihood, `random_state=0`) for the tied likelihood and Mahalanobis scores; "
       "`low_variance_mahalanobis` only with `covariance=\"tied\"`, since it whitens with the pooled "
       f"covariance whatever the structure, and its `dropped_variance` in {SCORE_GRIDS.get('low_variance_mahalanobis', {}).get('dropped_variance')} "
       "chosen on validation; `covariance_ensemble` (the sum of the tied, diagonal and per-class relative Mahalanobis "

@@ -165,7 +165,8 @@ def run_task(work: Path, name: str, clock: Clock, row_by_row: set) -> None:
                         _fit(detector, kind, z, y, head)
                         fit_s = time.perf_counter() - t0 + head_s
                         batch = 128 if method == "GMM" else BATCH
-                        if _depends_on_batch(detector, kind, tensors[fit_stage][2], head):
+                        # probed on validation rows (in-distribution only): a test row never steers a choice
+                        if _depends_on_batch(detector, kind, tensors["val"][2], head):
                             batch = 1
                             row_by_row.add(method)
                         for stage in (STAGES if task.same_fit else (fit_stage,)):

@@ -687,7 +687,8 @@ def write_report(
         "sets and seeds."
     )
     add(
-        "- Features: MVTec embeddings are used as they are by every method. On tabular sets every baseline sees "
+        "- Features: MVTec embeddings are used as they are by every method. On tabular sets, columns constant on "
+        "the training normals are dropped for every method (PyOD's PCA scores NaN on them); every baseline sees "
         "standardised features (a `StandardScaler` fitted on the training normals only); openworld is run on both: "
         "the columns `OW…` are standardised, `OW… raw` are the raw features. openworld is fed float32 (its compute "
         "dtype; statistics accumulate in float64)."

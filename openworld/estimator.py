@@ -177,21 +177,16 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
                 X, _ = as_features(X, n_features=n_features, name=type(self).__name__, device=self.device)
                 labels = device_labels(y, X.shape[0], X.device)
                 labels = self._labels_or_one_class(y, X.shape[0]) if labels is None else labels
-                is_text = isinstance(labels, np.ndarray) and labels.dtype.kind == "U"
-                if state is not None and is_text != (state.labels.dtype.kind == "U"):
-                    raise ValueError("labels change type (str / int) between chunks; use one label type throughout")
                 weights = as_weights(sample_weight, X.shape[0], X.device, part_of_more=chunked)
+                part = LabelledStatistics.from_rows(X, labels, weights)
+                state = part if state is None else state.merge(part)  # refuses a change of label type
             except ValueError as error:
                 raise ValueError(f"chunk {number}: {error}" if chunked else str(error)) from None
             n_features = X.shape[1]
-            part = LabelledStatistics.from_rows(X, labels, weights)
-            state = part if state is None else state.merge(part)
             if self._needs_row_sample():
                 sample = sample.offer(X, labels, weights, rng.random(X.shape[0]))
         if state is None:
             raise ValueError("no chunks to fit: the iterable of batches was empty (or every chunk had no rows)")
-        if float(state.statistics.weights.sum()) <= 0:
-            raise ValueError("sample_weight is zero for every row: no row carries any weight")
         return self._fit_from_state(state.sorted(), sample)
 
     def _uses_held_out_working_point(self) -> bool:
@@ -205,7 +200,10 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         return self._uses_held_out_working_point() or self._keeps_rows()
 
     def _fit_from_state(self, state: LabelledStatistics, sample: RowSample):
-        """Finish a fit from merged statistics (sorted labels) and a row sample for the working point."""
+        """Finish a fit from merged statistics (sorted labels) and a row sample for the working point (chunks and
+        partitions may weigh nothing, the whole fit may not)."""
+        if float(state.statistics.weights.sum()) <= 0:
+            raise ValueError("sample_weight is zero for every row: no row carries any weight")
         self.classes_ = state.labels
         self.n_features_in_ = state.statistics.n_features
         self.statistics_ = state.statistics

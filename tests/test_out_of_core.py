@@ -138,6 +138,8 @@ def test_chunks_of_no_rows_are_skipped_and_unlabelled_chunks_cannot_mix_with_lab
     with_empty = OpenWorld(random_state=0).fit_batches([(X[:0], y[:0]), (X, y), (X[:0], y[:0])])
     np.testing.assert_allclose(with_empty.score_samples(X), whole.score_samples(X), rtol=1e-12)
     assert with_empty.threshold_ == whole.threshold_
+    with pytest.raises(ValueError, match="chunk 1: labels change type"):
+        OpenWorld().fit_batches([(X[:100], y[:100]), (X[100:200], np.arange(100))])
     with pytest.raises(ValueError, match="chunk 1: y is None in some chunks"):
         OpenWorld().fit_batches([(X[:100], y[:100]), (X[100:200], None)])
     with pytest.raises(ValueError, match=r"^Input contains NaN"):  # one fit names no chunk

@@ -55,7 +55,7 @@ class LabelledStatistics:
                 f"cannot merge statistics of {other.statistics.n_features} features into {self.statistics.n_features}"
             )
         if (self.labels.dtype.kind == "U") != (other.labels.dtype.kind == "U"):
-            raise ValueError("labels change type (str / int) between parts; use one label type throughout")
+            raise ValueError("labels change type (str / int) between chunks or partitions; use one label type throughout")
         new = np.array([label for label in other.labels.tolist() if label not in set(self.labels.tolist())])
         labels = np.concatenate([self.labels, new]) if new.size else self.labels
         position = {label: i for i, label in enumerate(labels.tolist())}

@@ -742,9 +742,8 @@ def _removal(X: Tensor, class_index: Tensor, w: Tensor, n_classes: int) -> tuple
     (features near 1e6) drifted the fold models' means by a quarter of a standard deviation.
     """
     removed = torch.zeros(n_classes, dtype=STAT_DTYPE, device=X.device).index_add_(0, class_index, w)
-    rows = X.to(STAT_DTYPE)
     sums = torch.zeros((n_classes, X.shape[1]), dtype=STAT_DTYPE, device=X.device)
-    return removed, sums.index_add_(0, class_index, rows if bool((w == 1).all()) else rows * w[:, None])
+    return removed, sums.index_add_(0, class_index, X.to(STAT_DTYPE) * w[:, None])
 
 
 def _from_rows_cpu(X: Tensor, class_index: Tensor, n_classes: int, sample_weight: Tensor | None) -> ClassStatistics:

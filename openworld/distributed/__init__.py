@@ -103,8 +103,6 @@ def fit(X, y=None, *, sample_weight=None, **params) -> OpenWorld:
     if merged is None:
         raise ValueError("every partition is empty: nothing to fit")
     state, sample = merged
-    if float(state.statistics.weights.sum()) <= 0:
-        raise ValueError("sample_weight is zero for every row: no row carries any weight")
     return model._fit_from_state(state.sorted(), sample)
 
 

@@ -55,3 +55,70 @@ def test_validation_picks_by_auroc_and_breaks_exact_ties_by_validation_accuracy(
     assert picked["name"] == "ensemble · tied / ensemble · full (per seed)"
     assert picked["accuracy"] == (0.94 + 0.90) / 2
     assert picked["val_accuracy"] == (0.93 + 0.90) / 2
+
+
+def _pair_counting_ari(truth, predicted) -> float:
+    """Adjusted Rand index from its definition: agreements over all pairs of rows, brute force."""
+    n = len(truth)
+    same_t = np.array([[truth[i] == truth[j] for j in range(n)] for i in range(n)])
+    same_p = np.array([[predicted[i] == predicted[j] for j in range(n)] for i in range(n)])
+    upper = np.triu(np.ones((n, n), dtype=bool), 1)
+    both, t, p, pairs = (same_t & same_p)[upper].sum(), same_t[upper].sum(), same_p[upper].sum(), upper.sum()
+    expected = t * p / pairs
+    return float((both - expected) / (0.5 * (t + p) - expected))
+
+
+def test_discovery_scores_match_brute_force_matching_and_pair_counting_on_known_and_new_rows():
+    from itertools import permutations
+
+    from benchmarks.discovery import clustering_scores
+
+    rng = np.random.default_rng(0)
+    truth = rng.choice(np.array(["a", "b", "c", "d"]), 60)
+    predicted = np.where(rng.random(60) < 0.7, np.char.upper(truth), rng.choice(np.array(["A", "B", "X"]), 60))
+    scores = clustering_scores(truth, predicted, known=np.array(["a", "b"]))
+    labels, classes = np.unique(predicted), np.unique(truth)  # 5 predicted labels, 4 classes
+    best = max(np.mean([dict(zip(order, classes)).get(p) == t for p, t in zip(predicted, truth)])
+               for order in permutations(labels, len(classes)))
+    assert np.isclose(scores["acc"], best)
+    is_known = np.isin(truth, ["a", "b"])
+    assert np.isclose(scores["ari_known"], _pair_counting_ari(truth[is_known], predicted[is_known]))
+    assert np.isclose(scores["ari_new"], _pair_counting_ari(truth[~is_known], predicted[~is_known]))
+    assert not np.isclose(scores["ari_known"], scores["ari_new"])
+
+
+def test_discovery_validation_rule_filters_invented_classes_on_every_dataset_then_accuracy_then_count():
+    from benchmarks.discovery import choose_settings
+    from openworld.discovery import Settings
+
+    low, mid, high = Settings(0.9, 1.0, 2.0), Settings(0.9, 2.0, 3.0), Settings(0.75, 1.0, 3.0)
+
+    def runs(settings, acc_a, acc_b, found_a, invented_b):
+        return [{"dataset": "A", "seed": 1, "settings": settings, "acc": acc_a, "n_new": found_a, "true_new": 10},
+                {"dataset": "B", "seed": 1, "settings": settings, "acc": acc_b, "n_new": 3, "true_new": 3},
+                {"dataset": "B", "seed": 1, "settings": settings, "acc": acc_b, "n_new": 3, "true_new": 3},
+                {"dataset": "B", "seed": "all known", "settings": settings, "acc": 0.5, "n_new": invented_b,
+                 "true_new": 0}]
+
+    # high is the most accurate but invents 5 classes on B's all-known split; low and mid tie within 0.01 on
+    # accuracy, and mid's count of new classes is nearer.
+    validation = runs(low, 0.80, 0.70, 5, 0) + runs(mid, 0.79, 0.70, 9, 2) + runs(high, 0.95, 0.95, 10, 5)
+    assert choose_settings(validation) == mid
+    # Accuracy is a mean per dataset, then over datasets (B's two runs count once): mid's 0.735 is 0.015 below
+    # low's 0.75, so low wins; a mean over runs (0.737 vs 0.733) would have kept mid and chosen it.
+    validation = runs(low, 0.80, 0.70, 5, 0) + runs(mid, 0.73, 0.74, 9, 2)
+    assert choose_settings(validation) == low
+    # When no setting passes the filter, it keeps them all.
+    validation = runs(low, 0.80, 0.70, 5, 3) + runs(high, 0.95, 0.95, 10, 5)
+    assert choose_settings(validation) == high
+
+
+def test_mnist_validation_pool_holds_no_test_row_of_any_seed():
+    from benchmarks.discovery import MNIST_TEST_SHARE, SEEDS, mnist_validation_pool
+    from openworld.evaluation.protocols import holdout_split
+
+    labels = np.repeat(np.arange(10), 50)
+    pool = mnist_validation_pool(labels)
+    tested = np.concatenate([holdout_split(labels, MNIST_TEST_SHARE, seed)[1] for seed in SEEDS])
+    assert pool.size > 0 and not np.isin(pool, tested).any()
+    assert np.union1d(pool, tested).size == labels.size  # every row is in the pool or tested by some seed

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table as RichTable
 
+from openworld.core.arrays import common_label_type
 from openworld.encoders.text import DEFAULT_LAYERS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -273,9 +274,10 @@ def score_command(
     write_table(output, columns)
     summary = {"rows": X.shape[0], "unknown share": float(columns["unknown"].mean())}
     if y is not None:
-        known = np.isin(y, model.classes_)
+        y, classes = common_label_type(y, model.classes_)  # "3" from a text column is class 3
+        known = np.isin(y, classes)
         if known.any():
-            best = model.classes_[posteriors[known].argmax(1)]
+            best = classes[posteriors[known].argmax(1)]
             summary["accuracy on known classes (closed set)"] = float(np.mean(best == y[known]))
     _print_summary(f"scored {data} → {output}", summary)
 
@@ -418,7 +420,7 @@ def eval_command(
         if anomaly_column is not None:
             y, is_ood = _anomaly_labels(y, model.classes_, anomaly_column)
         else:
-            is_ood = _ood_mask(y, model.classes_, ood_label) if ood_label else None
+            is_ood = _ood_mask(*common_label_type(y, model.classes_), ood_label) if ood_label else None
         report = evaluate(model, X, y, is_ood=is_ood, title=str(data))
     except ValueError as error:
         _fail(str(error))

@@ -246,3 +246,40 @@ def test_eval_with_an_anomaly_column_lists_anomalies_as_such(tmp_path):
     per_class = {row["label"]: row for row in json.loads((tmp_path / "r.json").read_text())["per_class"]}
     assert per_class["normal"]["n"] == 30 and per_class["anomaly"]["n"] == 10
     assert per_class["anomaly"]["in_distribution"] is False
+
+
+def _csv(path, X, labels):
+    header = ",".join([f"x{j}" for j in range(X.shape[1])] + ["label"])
+    path.write_text("\n".join([header] + [",".join([*map(repr, row.tolist()), str(lab)]) for row, lab in zip(X, labels)]))
+
+
+def test_integer_classes_from_one_csv_meet_oos_in_another(tmp_path):
+    # Each CSV's label column is typed on its own: "0"/"1" become integers in training, text beside "oos".
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(5)
+    X = np.vstack([rng.normal(0, 1, (200, 4)), rng.normal(4, 1, (200, 4))]).round(4)
+    _csv(tmp_path / "train.csv", X, np.repeat([0, 1], 200))
+    test = np.vstack([rng.normal(0, 1, (40, 4)), rng.normal(4, 1, (40, 4)), rng.normal(-9, 1, (20, 4))]).round(4)
+    truth = np.r_[["0"] * 40, ["1"] * 40, ["oos"] * 20]
+    _csv(tmp_path / "test.csv", test, truth)
+    assert runner.invoke(app, ["fit", str(tmp_path / "train.csv"), "-o", str(tmp_path / "m.safetensors")]).exit_code == 0
+    model = OpenWorld.load(tmp_path / "m.safetensors")
+    assert model.classes_.dtype.kind == "i"
+    in_dist = truth != "oos"
+    accuracy = np.mean(model.predict_proba(test[in_dist]).argmax(1) == truth[in_dist].astype(int))
+    auroc = roc_auc_score(in_dist, model.score_samples(test))
+    for extra in ([], ["--ood-label", "oos"]):
+        result = runner.invoke(app, ["eval", str(tmp_path / "m.safetensors"), str(tmp_path / "test.csv"),
+                                     "--json", str(tmp_path / "r.json"), "--no-progress", *extra])
+        assert result.exit_code == 0, result.output
+        report = json.loads((tmp_path / "r.json").read_text())
+        assert np.isclose(report["accuracy"], accuracy) and np.isclose(report["auroc"], auroc)
+        assert {row["label"]: row["n"] for row in report["per_class"]} == {"0": 40, "1": 40, "oos": 20}
+    result = runner.invoke(app, ["score", str(tmp_path / "m.safetensors"), str(tmp_path / "test.csv"),
+                                 "-o", str(tmp_path / "o.csv"), "--no-progress"])
+    assert result.exit_code == 0 and "accuracy on known classes" in result.output
+    # Labels of another type of which none is a class are still refused, naming the types.
+    _csv(tmp_path / "other.csv", test, np.r_[["a"] * 80, ["oos"] * 20])
+    result = runner.invoke(app, ["eval", str(tmp_path / "m.safetensors"), str(tmp_path / "other.csv"), "--no-progress"])
+    assert result.exit_code != 0 and "labels are strings but the model's classes are int64" in result.output

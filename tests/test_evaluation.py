@@ -298,3 +298,21 @@ def test_cli_fits_and_evaluates_the_covariance_ensemble(cli_tables):
                                  "--json", str(tmp / "e.json"), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp / "e.json").read_text())["auroc"] == pytest.approx(evaluate(model, X, y).auroc)
+
+
+def test_text_labels_meet_integer_classes_as_the_integers_they_spell():
+    from openworld.core.arrays import common_label_type
+
+    labels = np.array(["7", "07", "+3", "-2", " 5 ", "oos", "3.0", "", "x1"])
+
+    def spelled(value: str) -> str:  # reference: what int() reads, else the text itself
+        try:
+            return str(int(value))
+        except ValueError:
+            return value
+
+    text, classes = common_label_type(labels, np.array([3, 7, -2], dtype=np.int64))
+    assert text.tolist() == [spelled(v) for v in labels.tolist()]
+    assert classes.tolist() == ["3", "7", "-2"]
+    same = np.array(["a", "b"])
+    assert common_label_type(same, np.array(["b"]))[0] is same  # one kind already: untouched

@@ -157,6 +157,28 @@ def as_labels(y, n_rows: int) -> np.ndarray:
     )
 
 
+def common_label_type(labels: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``labels`` and ``classes`` (each str or int, as :func:`as_labels` gives) in one type, to compare them.
+
+    A table file types each label column on its own: integer classes read from one file meet ``"3"`` and
+    ``"oos"`` in another. When the kinds differ, both become text, integer-looking text written as the
+    integer would be (``"07"`` is ``"7"``), so ``"3"`` matches class 3 and ``"oos"`` matches none.
+    """
+    if (labels.dtype.kind == "U") == (classes.dtype.kind == "U"):
+        return labels, classes
+
+    def text(values: np.ndarray) -> np.ndarray:
+        if values.dtype.kind != "U":
+            return values.astype(str)
+        stripped = np.char.strip(values)
+        whole = np.char.isdigit(np.char.lstrip(stripped, "+-")) & (np.char.str_len(stripped) > 0)
+        out = values.astype(object)
+        out[whole] = [str(int(v)) for v in stripped[whole]]
+        return out.astype(str)
+
+    return text(labels), text(classes)
+
+
 def as_weights(sample_weight, n_rows: int, device, part_of_more: bool = False) -> Tensor | None:
     """Non-negative finite weights (n,) as float64, or None; ``part_of_more``: a chunk or an update, which
     may weigh nothing as long as the whole fit does not."""

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from openworld.core import metrics
-from openworld.core.arrays import as_labels
+from openworld.core.arrays import as_labels, common_label_type
 
 __all__ = [
     "NO_ID_MESSAGE",
@@ -207,7 +207,8 @@ def evaluate(model, X, labels=None, *, is_ood=None, score_name: str | None = Non
     ``target_tpr`` (a row is rejected when its score is below the threshold),
     reported only when both are set. Without ``is_ood``, rows whose label is
     not in ``model.classes_`` are the OOD rows. With ``is_ood``, the ID rows'
-    labels (if given) must be classes of the model.
+    labels (if given) must be classes of the model. Text labels meet integer
+    classes as the integers they spell (:func:`~openworld.core.arrays.common_label_type`).
 
     Accuracy is closed-set (the argmax of ``predict_proba``, rejection
     ignored) on ID rows; ECE is top-label on ID rows. Without OOD rows the
@@ -219,10 +220,12 @@ def evaluate(model, X, labels=None, *, is_ood=None, score_name: str | None = Non
         raise ValueError("evaluate needs labels (rows of unknown labels are OOD) or an is_ood mask")
     if labels is not None:
         labels = as_labels(labels, n_rows)  # str or int, as the estimator reads them
-        if (labels.dtype.kind in "US") != (classes.dtype.kind in "US"):
+        kinds = _kind(labels), _kind(classes)
+        labels, classes = common_label_type(labels, classes)  # "3" from a text column is class 3
+        if kinds[0] != kinds[1] and not np.isin(labels, classes).any():
             raise ValueError(
-                f"labels are {_kind(labels)} but the model's classes are {_kind(classes)}: "
-                "no row would match a known class; convert the labels to the model's label type"
+                f"labels are {kinds[0]} but the model's classes are {kinds[1]}, and no label is one of the "
+                "classes: convert the labels to the model's label type"
             )
     known = None if labels is None else np.isin(labels, classes)
     if is_ood is None:

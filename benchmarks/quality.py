@@ -724,7 +724,9 @@ def render(work: Path, out: Path, argv: list[str] | None = None) -> str:
       "configuration itself) are chosen by **validation AUROC only** (exact ties: validation accuracy); test splits are only reported.")
     w("")
     embed_s = manifest.get("steps", {}).get("prepare", {}).get("embed_seconds")
-    w(f"- Date: {finished.strftime('%Y-%m-%d %H:%M UTC')}; total run time {total_s / 60:.1f} min "
+    started = dt.datetime.fromisoformat(manifest["started"]).strftime("%Y-%m-%d %H:%M UTC")
+    w(f"- Date: measured in a run started {started}, page rendered {finished.strftime('%Y-%m-%d %H:%M UTC')} "
+      f"(`report` renders it again from the saved scores); total run time {total_s / 60:.1f} min "
       + "(" + ", ".join(f"{k} {v['seconds'] / 60:.1f} min" for k, v in manifest.get("steps", {}).items()) + ")"
       + (f"; text embedding took {embed_s:.0f} s of it ({'from the cache' if embed_s < 30 else 'not cached yet'})"
          if embed_s is not None else ""))

@@ -151,6 +151,25 @@ def test_class_with_few_distinct_rows_is_usable(covariance, shrinkage, layout):
     assert np.mean(model.predict(fresh_few) == "few") >= 0.9
 
 
+@pytest.mark.parametrize("score", ["relative_mahalanobis", "mahalanobis"])
+@pytest.mark.parametrize("shrinkage", SHRINKAGES)
+@pytest.mark.parametrize("covariance", STRUCTURES)
+def test_classes_of_one_repeated_row_score_as_if_their_scatter_were_exactly_zero(covariance, shrinkage, score):
+    """Scores do not depend on where the data sit: rows on a binary grid repeat into an exactly zero scatter;
+    shifted by 0.1 their class means are off by round-off, and the scatter is ~1e-33, not zero. Shrinkage
+    must not take that round-off for the data's scale (it gave scores of −1e18 at the training rows)."""
+    prototypes = np.round(np.random.default_rng(0).normal(size=(3, 5)) * 16) / 16
+    X, y = np.repeat(prototypes, 3, axis=0), np.repeat([0, 1, 2], 3)
+    shifted = OpenWorld(covariance=covariance, shrinkage=shrinkage, score=score, target_tpr=None).fit(X + 0.1, y)
+    assert shifted.statistics_.scatters.abs().max() > 0  # the round-off this test is about
+    exact = OpenWorld(covariance=covariance, shrinkage=shrinkage, score=score, target_tpr=None).fit(X, y)
+    assert exact.statistics_.scatters.abs().max() == 0
+    probes = np.vstack([prototypes, prototypes.mean(0), prototypes[0] + 0.3])
+    reference = exact.score_samples(probes)  # distances are in units of a tiny ridge: compare on their scale
+    assert np.allclose(shifted.score_samples(probes + 0.1), reference, rtol=1e-4, atol=1e-9 * np.abs(reference).max())
+    assert np.allclose(shifted.predict_proba(probes + 0.1), exact.predict_proba(probes), atol=1e-6)
+
+
 # --------------------------------------------------------------------------
 # Shrinkage off: singular estimates are a clear error, never a LinAlgError.
 # --------------------------------------------------------------------------

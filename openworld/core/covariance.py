@@ -58,6 +58,30 @@ class CovarianceEstimate:
     raw: Tensor | None = None
 
 
+def numerically_constant(variances: Tensor, magnitude: Tensor) -> Tensor:
+    """(…, d) flags: a variance no larger than the round-off of features of size ``magnitude: (d,)``.
+
+    The mean of a constant 0.1 is not exactly 0.1 in binary, so its variance comes
+    out near 1e-33 rather than 0; a fixed tolerance would also flag legitimately
+    tiny features, so the test is relative to each feature's own size.
+    """
+    eps = torch.finfo(variances.dtype).eps
+    return variances <= (1e3 * eps * magnitude) ** 2 + torch.finfo(variances.dtype).tiny
+
+
+def _round_off_removed(scatter: Tensor, weight: Tensor, means: Tensor) -> Tensor | None:
+    """(d, d) mask that zeroes the features whose pooled within-class variance is only round-off, or None.
+
+    Such a feature is constant within every class. Left at ~1e-33, shrinkage takes that for the data's
+    scale when every feature is so (each class one row repeated): the covariance becomes ~1e-33·I and
+    a training row, a few ulps from its class mean, scores −1e18. Zeroed, it is exactly constant, as
+    with one row per class, and shrinkage handles it.
+    """
+    variances = torch.diagonal(scatter) / torch.clamp(weight, min=torch.finfo(scatter.dtype).tiny)
+    keep = ~numerically_constant(variances, means.abs().amax(0))
+    return None if bool(keep.all()) else (keep[:, None] & keep[None, :]).to(scatter.dtype)
+
+
 def single_covariance(scatter: Tensor, fourth: Tensor, weight: Tensor, shrinkage) -> tuple[Tensor, float]:
     """One covariance ``S / W`` shrunk toward ``μI``; returns it with the intensity used."""
     covariance = scatter / torch.clamp(weight, min=torch.finfo(scatter.dtype).tiny)
@@ -72,8 +96,9 @@ def single_covariance(scatter: Tensor, fourth: Tensor, weight: Tensor, shrinkage
     return shrink(covariance, intensity, scaled_identity_target(covariance)), intensity
 
 
-def class_intensities(stats: ClassStatistics, shrinkage, target: Tensor) -> Tensor:
-    """Per-class intensities toward ``target`` (d, d); classes weighing one row or less take 1."""
+def class_intensities(stats: ClassStatistics, shrinkage, target: Tensor, scatters: Tensor) -> Tensor:
+    """Per-class intensities toward ``target`` (d, d) from the class ``scatters`` (C, d, d); classes weighing
+    one row or less take 1."""
     C = stats.n_classes
     if shrinkage is None:
         intensities = torch.zeros(C, dtype=stats.means.dtype)
@@ -87,9 +112,9 @@ def class_intensities(stats: ClassStatistics, shrinkage, target: Tensor) -> Tens
                 values.append(1.0)
                 continue
             if shrinkage == "auto":
-                estimated = ledoit_wolf_intensity(stats.scatters[k], stats.fourth_moments[k], W, target)
+                estimated = ledoit_wolf_intensity(scatters[k], stats.fourth_moments[k], W, target)
             else:
-                estimated = oas_intensity(stats.scatters[k], W)
+                estimated = oas_intensity(scatters[k], W)
             # Ledoit-Wolf and OAS minimise the error of the covariance, not of its inverse,
             # and a few rows cannot measure their own noise (two rows give a zero variance
             # estimate, so no shrinkage at all). The pooled covariance therefore counts as
@@ -107,13 +132,17 @@ def estimate_covariance(stats: ClassStatistics | PooledStatistics, structure: st
     validate_structure(structure)
     validate_shrinkage(shrinkage)
     scatter, fourth, weight = stats.pooled_within()
+    mask = _round_off_removed(scatter, weight, stats.means)
+    if mask is not None:
+        scatter = scatter * mask
     pooled, intensity = single_covariance(scatter, fourth, weight, shrinkage)
     if structure == "tied":
         return CovarianceEstimate("tied", pooled, pooled, torch.tensor([intensity], dtype=pooled.dtype))
     # S / W, whatever the scale of the weights (fractional weights sum below 1); a class of no weight: 0
     W = stats.weights[:, None, None]
-    raw = torch.where(W > 0, stats.scatters / torch.where(W > 0, W, 1.0), 0.0)
-    intensities = class_intensities(stats, shrinkage, pooled)
+    scatters = stats.scatters if mask is None else stats.scatters * mask
+    raw = torch.where(W > 0, scatters / torch.where(W > 0, W, 1.0), 0.0)
+    intensities = class_intensities(stats, shrinkage, pooled, scatters)
     if structure == "full":
         return CovarianceEstimate("full", shrink(raw, intensities, pooled), pooled, intensities, raw)
     variances = torch.diagonal(raw, dim1=-2, dim2=-1)

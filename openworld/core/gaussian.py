@@ -20,7 +20,7 @@ import numpy as np
 import scipy.linalg.lapack as scipy_lapack
 import torch
 
-from openworld.core.covariance import CovarianceEstimate
+from openworld.core.covariance import CovarianceEstimate, numerically_constant
 from openworld.core.scores import relative_mahalanobis
 
 Tensor = torch.Tensor
@@ -42,17 +42,6 @@ def _singular_error(indices: list[int], names: list | None) -> SingularCovarianc
         f"covariance is singular for {which}: too few rows for the chosen covariance, or constant / "
         "collinear features. Use shrinkage ('auto', 'oas' or a float above 0)."
     )
-
-
-def numerically_constant(variances: Tensor, magnitude: Tensor) -> Tensor:
-    """(…, d) flags: a variance no larger than the round-off of features of size ``magnitude: (d,)``.
-
-    The mean of a constant 0.1 is not exactly 0.1 in binary, so its variance comes
-    out near 1e-33 rather than 0; a fixed tolerance would also flag legitimately
-    tiny features, so the test is relative to each feature's own size.
-    """
-    eps = torch.finfo(variances.dtype).eps
-    return variances <= (1e3 * eps * magnitude) ** 2 + torch.finfo(variances.dtype).tiny
 
 
 def cholesky_whitener(

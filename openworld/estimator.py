@@ -9,6 +9,7 @@ arithmetic on the statistics, so they equal a refit.
 
 from __future__ import annotations
 
+import math
 import threading
 import warnings
 from contextlib import contextmanager
@@ -64,6 +65,25 @@ def _package_version() -> str:
 
     return __version__
 
+
+
+def _refuse_overflow(X: Tensor, scores: Tensor | None, log_joint: Tensor | None) -> None:
+    """A clear error where finite rows lie so far out that their squared distances overflow the dtype:
+    a NaN score (∞ − ∞) or no finite log joint would otherwise pass for a number (NaN is never below
+    the threshold, so the row would be accepted as a known class)."""
+    bad = torch.zeros(X.shape[0], dtype=torch.bool, device=X.device)
+    if scores is not None:
+        bad |= torch.isnan(scores)
+    if log_joint is not None and log_joint.is_floating_point():
+        best = log_joint.amax(1)
+        bad |= torch.isnan(best) | (best == -math.inf)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten()
+        raise ValueError(
+            f"row(s) {rows[:10].tolist()} lie too far from every class to be scored in {X.dtype}: their squared "
+            f"distances overflow (largest |value| {float(X[rows].abs().max()):.3g}). Rescale the features"
+            + (", or pass float64 rows" if X.dtype != torch.float64 else "")
+        )
 
 class OpenWorld(ClassifierMixin, BaseEstimator):
     """Open-world classifier on embeddings: class posteriors, "unknown", exact incremental learning.
@@ -913,7 +933,9 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         # So does the kernel density's expanded distance ‖x‖² − 2x·r + ‖r‖².
         exact = isinstance(second, RelativeEnsemble) or self.score_ == "kernel_density"
         with tf32_products(head.structure == "tied" and not exact, X.device):
-            return self._evaluate_chunks(X, head, second, want_log_joint, want_argmax, want_logits, want_scores)
+            scores, extra = self._evaluate_chunks(X, head, second, want_log_joint, want_argmax, want_logits, want_scores)
+        _refuse_overflow(X, scores, extra)
+        return scores, extra
 
     def _evaluate_chunks(self, X, head, second, want_log_joint, want_argmax, want_logits, want_scores):
         relative_tied = isinstance(second, TiedRelativeScorer)

@@ -228,3 +228,28 @@ def test_no_shrinkage_is_fine_when_the_estimate_is_regular(covariance):
     model = OpenWorld(covariance=covariance, shrinkage=None, target_tpr=None).fit(X, y)
     assert np.isfinite(model.decision_function(X)).all()
     assert np.mean(model.predict(X) == y) > 0.95
+
+
+@pytest.mark.parametrize("covariance", STRUCTURES)
+def test_a_row_too_far_to_score_in_float32_is_an_error_or_rejected_never_nan(covariance):
+    """|x| = 1e20 is finite in float32, but its squared distances are not: a per-class head got ∞ − ∞ = NaN,
+    and NaN, never below the threshold, was accepted as a known class."""
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 1, (50, 8)), rng.normal(3, 1, (50, 8))]).astype(np.float32)
+    y = np.repeat(["a", "b"], 50)
+    model = OpenWorld(covariance=covariance, random_state=0).fit(X, y)
+    far = np.full((2, 8), 1e20, dtype=np.float32)
+    far[0, 0] = -1e20
+    far[1] = X[0]  # an ordinary row beside it
+    for method in (model.predict, model.score_samples, model.predict_proba, model.decision_function):
+        try:
+            out = method(far)
+        except ValueError as error:
+            assert "row(s) [0] lie too far" in str(error) and "float64" in str(error)
+            continue
+        if method == model.predict:
+            assert out[0] == model.unknown_label and out[1] == "a"
+        else:
+            assert not np.isnan(out).any()
+    # In float64 the same rows are scored, and the far one is rejected.
+    assert (model.predict(far.astype(np.float64)) == [model.unknown_label, "a"]).all()

@@ -85,7 +85,8 @@ def cholesky_whitener(
 class GaussianHead:
     """Precomputed scoring parameters of C Gaussians in d dimensions.
 
-    center: (d,); log_dets: (C,); log_priors: (C,), −inf for a class with no rows.
+    center: (d,); log_dets: (C,); log_priors: (C,), −inf for a class with no rows or of prior 0: such a
+    class is switched off, neither predicted nor a candidate of the distance scores (+inf distance).
     ``tied``: whitener (d, d), whitened_means (C, d).
     ``full``: whitener (C, d, d), whitened_means (C, d) (class k by its own W_k).
     ``diag``: whitener (C, d) holds precisions 1/σ², whitened_means (C, d) holds μ/σ².
@@ -291,7 +292,8 @@ class GaussianHead:
         return max(1, budget // (8 * width))
 
     def squared_mahalanobis(self, X: Tensor) -> Tensor:
-        """(n, C) squared Mahalanobis distances of ``X: (n, d)``; +inf for classes with no rows."""
+        """(n, C) squared Mahalanobis distances of ``X: (n, d)``; +inf for classes switched off (no rows or
+        prior 0)."""
         Xc = X - self.center
         if self.structure == "tied" or self.factors is not None:
             Z = Xc @ self.whitener

@@ -523,10 +523,16 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         rejected = (scores < self.threshold_).cpu().numpy()
         if not rejected.any():
             return labels
-        out = labels.astype(object) if not isinstance(self.unknown_label, type(labels[0].item())) else labels.copy()
+        unknown = self.unknown_label.item() if isinstance(self.unknown_label, np.generic) else self.unknown_label
+        # The label array keeps its dtype only for a label of its own kind that it holds exactly: True would
+        # become class 1, and an int beyond int64 overflow.
+        same_kind = (isinstance(unknown, str) and labels.dtype.kind == "U") or (
+            type(unknown) is int and labels.dtype.kind == "i" and -(2**63) <= unknown < 2**63
+        )
+        out = labels.copy() if same_kind else labels.astype(object)
         if out.dtype.kind == "U":
-            out = out.astype(f"<U{max(out.dtype.itemsize // 4, len(str(self.unknown_label)))}")
-        out[rejected] = self.unknown_label
+            out = out.astype(f"<U{max(out.dtype.itemsize // 4, len(unknown))}")
+        out[rejected] = unknown
         return out
 
     # ------------------------------------------------------------------ persistence

@@ -343,3 +343,19 @@ def test_scores_against_the_background_refuse_one_class_instead_of_scoring_zero(
     np.testing.assert_array_equal(model.score_samples(X[:20]), before)  # nor did the refused unlearn
     np.testing.assert_array_equal(model.classes_, [0, 1])
     assert OpenWorld(target_tpr=None).fit(X[y == 0]).score_ == "mahalanobis"  # "auto" adapts instead
+
+
+def test_unknown_label_is_written_as_given_and_never_coerced_into_a_class(tmp_path):
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 1, (50, 4)), rng.normal(4, 1, (50, 4))])
+    y = np.repeat([0, 1], 50)
+    rows = np.array([[4.0, 4, 4, 4], [40, 40, 40, 40]])  # class 1, then far from both
+    flagged = OpenWorld(unknown_label=True, random_state=0).fit(X, y).predict(rows)
+    assert flagged[0] == 1 and flagged[1] is True  # not 1, which is a class
+    huge = OpenWorld(unknown_label=2**63, random_state=0).fit(X, y).predict(rows)
+    assert huge[1] == 2**63  # beyond int64: kept exactly, not an OverflowError
+    model = OpenWorld(unknown_label=np.int64(-1), random_state=0).fit(X, y)
+    model.save(tmp_path / "m.safetensors")
+    for m in (model, OpenWorld.load(tmp_path / "m.safetensors")):
+        out = m.predict(rows)
+        assert out.dtype == np.int64 and out.tolist() == [1, -1]  # the same before and after a round trip

@@ -46,7 +46,7 @@ bench-quality: install bench-env
 
 # ---------------------------------------------------------------------------------------------
 # One-class anomaly detection (issue 6): regenerates docs/anomaly.md from ../shared/data/adbench
-# (or $OPENWORLD_DATA) against PyOD and scikit-learn (see benchmarks/anomaly.py; ~10 min, 2-core CPU).
+# (or $OPENWORLD_DATA) against PyOD and scikit-learn (see benchmarks/anomaly.py; about 41 min, 2-core CPU).
 .PHONY: bench-anomaly
 
 $(BIN)/.bench-installed: $(BIN)/.installed
@@ -58,7 +58,7 @@ bench-anomaly: $(BIN)/.bench-installed
 
 # ---------------------------------------------------------------------------------------------
 # Speed against the matrix-product floors, scikit-learn LDA and pytorch-ood (issue 5, CPU):
-# regenerates docs/performance.md (~15 min on a 2-core CPU; --full for the whole grid).
+# regenerates docs/performance.md (about 5 min on a 2-core CPU; --full for the whole grid).
 # pytorch-ood runs in ./bench-env, in a subprocess of benchmarks/speed.py.
 .PHONY: bench-speed
 

@@ -89,6 +89,14 @@ class Settings:
     noise_edge: float
     fold_rejected_ratio: float
 
+    def __post_init__(self):
+        checks = (("split_quantile", 0.0 <= self.split_quantile <= 1.0, "in [0, 1]"),
+                  ("noise_edge", 0.0 < self.noise_edge < math.inf, "a finite number above 0"),
+                  ("fold_rejected_ratio", 0.0 <= self.fold_rejected_ratio < math.inf, "a finite number >= 0"))
+        for name, ok, want in checks:
+            if not ok:  # NaN fails every comparison
+                raise ValueError(f"Settings.{name} must be {want}, got {getattr(self, name)!r}")
+
 
 # Candidates chosen on validation splits of CLINC150's train and validation rows (benchmarks/discovery.py
 # --validate; docs/discovery.md): the validation rule's choice, and the former default, which never split a
@@ -158,11 +166,20 @@ def discover(model, X: Tensor, n_new="auto", *, settings: Settings | None = None
     (``settings``: chosen among :data:`CANDIDATE_SETTINGS` on ``X`` unless given)."""
     if n_new != "auto" and (isinstance(n_new, bool) or not isinstance(n_new, (int, np.integer)) or n_new < 0):
         raise ValueError(f"n_new must be 'auto' or an int >= 0, got {n_new!r}")
-    if n_new != "auto" and n_new * MIN_NEW_ROWS > X.shape[0]:
-        raise ValueError(f"n_new={n_new} new classes need at least {MIN_NEW_ROWS} rows each; {X.shape[0]} rows were given")
+    if settings is not None and not isinstance(settings, Settings):
+        raise ValueError(f"settings must be an openworld.discovery.Settings, got {type(settings).__name__}")
+    if n_new != "auto":
+        distinct = torch.unique(X, dim=0).shape[0]  # a repeated row is one row to cluster
+        if n_new * MIN_NEW_ROWS > distinct:
+            raise ValueError(f"n_new={n_new} new classes need at least {MIN_NEW_ROWS} distinct rows each; "
+                             f"{distinct} distinct rows were given (of {X.shape[0]})")
     if isinstance(representatives, bool) or not isinstance(representatives, (int, np.integer)) or representatives < 0:
         raise ValueError(f"representatives must be an int >= 0 (rows shown per new cluster), got {representatives!r}")
     rng = np.random.default_rng(random_state)
+    if n_new == "auto" and (getattr(model, "threshold_", None) is None or model.target_tpr is None):
+        warnings.warn("the model has no working point (target_tpr=None): discover cannot check which clusters "
+                      "are unlike the known classes, so it may report modes of known classes as new and "
+                      "leave new classes inside known ones", stacklevel=3)
     if settings is None:
         settings = _calibrated_settings(model, X, n_new, rng)
     return _discover(model, X, n_new, settings, representatives, rng)
@@ -183,7 +200,10 @@ def _calibrated_settings(model, X: Tensor, n_new, rng: np.random.Generator) -> S
     hidden = rng.choice(present, size=max(1, round(HIDDEN_SHARE * present.size)), replace=False)
     # A shallow copy: forget replaces the statistics, heads and working point rather than changing them, so
     # the model is untouched and only the kept classes' statistics are copied (not all C·d² of them).
-    blind = copy.copy(model).forget(hidden)
+    blind = copy.copy(model)
+    if not isinstance(model.priors, str):  # per-class priors: those of the classes it keeps
+        blind.priors = np.asarray(model.priors)[~np.isin(model.classes_, hidden)]
+    blind.forget(hidden)
     posteriors, scores = (torch.as_tensor(v).cpu() for v in model.predict_proba_and_score(X))  # one pass
     typical = (scores >= np.quantile(scores.numpy(), 1 - CONFIDENT_SHARE)).numpy()
     truth = model.classes_[posteriors.argmax(1).numpy()][typical]
@@ -216,6 +236,9 @@ def _discover(model, X: Tensor, n_new, settings: Settings, representatives: int,
     Z = (_normalise(Z) if spherical else Z).double()
     Z, anchors = _signal_subspace(Z, anchors, noise * settings.noise_edge)
     Z, anchors = Z.float(), anchors.float()
+    if not bool(torch.isfinite(4 * (Z * Z).sum(1)).all()):  # a squared distance is at most 4 max ‖z‖²
+        raise ValueError("rows lie too far from the known classes to cluster in float32 (their squared distances "
+                         "overflow): rescale the features")
     anchor_weights = stats.weights[present].float().to(Z.device)
     owner = model.component_class_[present.cpu().numpy()]  # known component -> class index
     C = anchors.shape[0]
@@ -223,7 +246,8 @@ def _discover(model, X: Tensor, n_new, settings: Settings, representatives: int,
     if n_new == "auto":
         accepted = _accepted(model, X, Z.device)
         centroids = _split_merge(Z, anchors, anchor_weights, rng, settings, accepted)
-        centroids = _fold(Z, anchors, anchor_weights, centroids, accepted, settings.fold_rejected_ratio)
+        centroids = _fold(Z, anchors, anchor_weights, centroids, accepted, settings.fold_rejected_ratio,
+                          None if accepted is None else 1 - model.target_tpr)
     else:
         k = min(int(n_new), n)
         centroids = torch.cat([anchors, _greedy_seeds(Z, anchors, k, rng)]) if k else anchors
@@ -502,24 +526,25 @@ def _merges(Z: Tensor, assignment: Tensor, centroids: Tensor, counts: Tensor, C:
 
 
 def _accepted(model, X: Tensor, device) -> Tensor | None:
-    """Rows the model keeps at its working point (None without one)."""
-    if getattr(model, "threshold_", None) is None:
+    """Rows the model keeps at its working point (None without one: no threshold, or ``target_tpr=None``,
+    under which ``predict`` rejects nothing)."""
+    if getattr(model, "threshold_", None) is None or model.target_tpr is None:
         return None
     return torch.as_tensor(model.score_samples(X) >= model.threshold_, device=device)
 
 
 def _fold(Z: Tensor, anchors, anchor_weights, centroids: Tensor, accepted: Tensor | None,
-          fold_rejected_ratio: float) -> Tensor:
+          fold_rejected_ratio: float, nominal_rejected: float | None) -> Tensor:
     """Let the working point settle what is new. A new cluster whose rows the model rejects no more than
     ``fold_rejected_ratio`` times as often as the rows of known clusters is a mode of known classes:
     dropped. (Measured against the known clusters rather than an absolute level: a model fitted on few
     labelled rows accepts most rows of new classes too, yet still rejects them more often than known
     ones.) A known cluster whose rows it mostly rejects has been taken over by a new class (a lightly
-    weighted component drifts): that class becomes new, the component returns to its anchor."""
-    if accepted is None:
-        warnings.warn("the model has no working point (target_tpr=None): discover cannot check that new "
-                      "clusters are unlike the known classes, and may report modes of known classes as new",
-                      stacklevel=3)
+    weighted component drifts): that class becomes new, the component returns to its anchor, and its
+    rows do not count as known ones. The known rows' rate leans on the working point's own,
+    ``nominal_rejected`` (1 − target_tpr), where they are few: rows the model rejected, passed alone,
+    leave no known cluster untaken or hardly any."""
+    if accepted is None:  # discover warned
         return centroids
     C = anchors.shape[0]
     assignment, _, centroids = _kmeans(Z, anchors, anchor_weights, centroids)
@@ -527,11 +552,14 @@ def _fold(Z: Tensor, anchors, anchor_weights, centroids: Tensor, accepted: Tenso
     sizes = torch.bincount(assignment, minlength=K)
     rejected = torch.zeros(K, dtype=torch.float64, device=Z.device).index_add_(0, assignment, (~accepted).double())
     share = rejected / sizes.clamp(min=1)
-    known_rows = float(sizes[:C].sum())
-    known_share = max(float(rejected[:C].sum()) / max(known_rows, 1.0), 1.0 / (known_rows + 1.0))
+    taken = (share[:C] > TAKEN_REJECTED) & (sizes[:C] >= MIN_NEW_ROWS)
+    # The known rows' rejection rate, with the working point's own rate as a prior worth the rows in which it
+    # expects one rejection: few known rows (or none, when rows of new classes took every known cluster)
+    # then count for little, and a count of zero is not a rate of zero.
+    prior_rows = 1.0 / nominal_rejected
+    known_share = (float(rejected[:C][~taken].sum()) + 1.0) / (float(sizes[:C][~taken].sum()) + prior_rows)
     keep = torch.ones(K, dtype=torch.bool, device=Z.device)
     keep[C:] = (share[C:] > fold_rejected_ratio * known_share) & (sizes[C:] >= MIN_NEW_ROWS)
-    taken = (share[:C] > TAKEN_REJECTED) & (sizes[:C] >= MIN_NEW_ROWS)
     centroids = centroids.clone()
     moved = centroids[:C][taken]
     centroids[:C][taken] = anchors[taken]

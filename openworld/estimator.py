@@ -433,12 +433,19 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         integers). With mixtures, adding classes is the online EM of
         :meth:`partial_fit`, not a refit.
         """
-        if discovery.rows is None or not discovery.clusters:
+        if not discovery.clusters:
             return self
+        if discovery.rows is None:
+            raise ValueError("this discovery was adopted already (adopt keeps none of its rows): discover again to "
+                             "adopt its clusters into another model")
         old = discovery.names
         if names is None:
             mapping = dict(zip(old, old))
         elif isinstance(names, dict):
+            unknown = [key for key in names if key not in set(old)]
+            if unknown:
+                raise ValueError(f"names has keys {unknown[:10]!r} that are not new clusters of this discovery "
+                                 f"({old[:10]!r})")
             mapping = {name: names.get(name, name) for name in old}
         else:
             names = list(names)

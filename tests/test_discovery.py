@@ -1,8 +1,10 @@
 """Discovery of new classes: synthetic mixtures with a known answer, degenerate inputs, adoption."""
 
+import copy
+
 import numpy as np
-import torch
 import pytest
+import torch
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score
 
@@ -390,3 +392,71 @@ def test_more_new_classes_than_the_rows_can_hold_is_a_clear_error():
     model = ow.OpenWorld(random_state=0).fit(X[:20], np.zeros(20, int))
     with pytest.raises(ValueError, match="n_new=11"):
         model.discover(X, n_new=11)  # 11 classes of at least 4 rows need 44 rows
+
+
+def test_among_the_rows_the_model_rejects_every_new_class_is_found_whole():
+    """Passing only the rows predict rejects leaves no known cluster of known rows: the fold's baseline rate
+    must not come from known clusters that new classes took over (it read 1.0 and folded real classes back)."""
+    X, y = _blobs(n_classes=8, per_class=60, d=32, seed=1, separation=8.0)
+    labelled = np.isin(y, [f"c{k}" for k in range(5)]) & (np.arange(len(y)) % 60 < 15)
+    model = ow.OpenWorld(random_state=0).fit(X[labelled], y[labelled])
+    U, yu = X[~labelled], y[~labelled]
+    rejected = model.predict(U) == "unknown"
+    R, truth = U[rejected], yu[rejected]
+    is_new = np.isin(truth, ["c5", "c6", "c7"])
+    assert is_new.sum() >= 150  # nearly all rows of the 3 new classes, and a few known ones
+    result = model.discover(R)
+    assert result.n_new == 3
+    assert result.is_new[is_new].all()
+    assert adjusted_rand_score(truth[is_new], result.labels[is_new]) == 1.0
+
+
+def test_a_model_with_per_class_priors_picks_its_settings_too(mixed):
+    """Calibration forgets classes from a copy: per-class priors must shrink with them (it raised before)."""
+    _, X, _, known = mixed
+    X_all, y_all = _blobs(n_classes=N_CLASSES, per_class=PER_CLASS, d=DIMENSIONS, seed=0)
+    labelled = _split(X_all, y_all, known, 0.1, seed=0)
+    model = ow.OpenWorld(priors=np.full(len(known), 1 / len(known)), random_state=0)
+    result = model.fit(X_all[labelled], y_all[labelled]).discover(X)
+    assert result.settings is not None and result.n_new == N_CLASSES - N_KNOWN
+
+
+def test_a_fixed_number_counts_distinct_rows():
+    rng = np.random.default_rng(2)
+    model = ow.OpenWorld(random_state=0).fit(rng.normal(size=(30, 3)), np.zeros(30, int))
+    twice = np.repeat(rng.normal(size=(10, 3)) + 20, 4, axis=0)  # 40 rows, 10 distinct
+    with pytest.raises(ValueError, match="10 distinct rows"):
+        model.discover(twice, n_new=3)  # 3 classes of at least 4 distinct rows need 12
+    assert model.discover(twice, n_new=2).n_new == 2
+
+
+def test_no_working_point_after_fitting_warns_once():
+    X, y = _blobs(n_classes=6, per_class=60, d=8, seed=3)
+    model = ow.OpenWorld(random_state=0).fit(X[:300], y[:300]).set_params(target_tpr=None)
+    with pytest.warns(UserWarning, match="working point") as caught:
+        model.discover(X[300:])
+    assert sum("working point" in str(w.message) for w in caught) == 1
+
+
+def test_adopt_refuses_what_it_cannot_do(mixed):
+    model, X, _, _ = mixed
+    result = model.discover(X)
+    with pytest.raises(ValueError, match=r"\['new-O'\]"):
+        copy.deepcopy(model).adopt(result, names={"new-O": "dog"})  # a letter O, not the cluster new-0
+    copy.deepcopy(model).adopt(result)
+    with pytest.raises(ValueError, match="adopted already"):
+        copy.deepcopy(model).adopt(result)  # its rows went into the first model
+
+
+def test_rows_too_far_to_cluster_and_bad_settings_are_clear_errors():
+    from openworld.discovery import Settings
+
+    rng = np.random.default_rng(4)
+    model = ow.OpenWorld(random_state=0).fit(rng.normal(size=(40, 3)), np.repeat([0, 1], 20))
+    with pytest.raises(ValueError, match="too far"):
+        model.discover(rng.normal(size=(20, 3)) * 1e20, settings=Settings(0.9, 1.0, 2.0))
+    for bad in [(1.5, 1.0, 2.0), (0.9, 0.0, 2.0), (0.9, 1.0, float("nan"))]:
+        with pytest.raises(ValueError, match="Settings"):
+            Settings(*bad)
+    with pytest.raises(ValueError, match="settings must be"):
+        model.discover(rng.normal(size=(20, 3)), settings=(0.9, 1.0, 2.0))

@@ -75,7 +75,7 @@ bench-text-layers: install
 
 # ---------------------------------------------------------------------------------------------
 # Discovery of new classes (issue 4): regenerates docs/discovery.md (GCD protocol on CLINC150, HWU64,
-# MNIST-5k; validation on CLINC150 training rows, 2 processes; 100k x 384 timing). About 30 min on the 2-core CPU.
+# MNIST-5k; validation on their training rows, 2 processes; 100k x 384 timing). About 80 min on the 2-core CPU.
 .PHONY: bench-discovery
 
 bench-discovery: install

@@ -177,7 +177,7 @@ def discover(model, X: Tensor, n_new="auto", *, settings: Settings | None = None
     if isinstance(representatives, bool) or not isinstance(representatives, (int, np.integer)) or representatives < 0:
         raise ValueError(f"representatives must be an int >= 0 (rows shown per new cluster), got {representatives!r}")
     rng = np.random.default_rng(random_state)
-    if n_new == "auto" and (getattr(model, "threshold_", None) is None or model.target_tpr is None):
+    if n_new == "auto" and not _has_working_point(model):
         warnings.warn("the model has no working point (target_tpr=None): discover cannot check which clusters "
                       "are unlike the known classes, so it may report modes of known classes as new and "
                       "leave new classes inside known ones", stacklevel=3)
@@ -526,10 +526,14 @@ def _merges(Z: Tensor, assignment: Tensor, centroids: Tensor, counts: Tensor, C:
     return keep
 
 
+def _has_working_point(model) -> bool:
+    """A threshold that ``predict`` applies (``target_tpr=None`` set after fitting rejects nothing)."""
+    return getattr(model, "threshold_", None) is not None and model.target_tpr is not None
+
+
 def _accepted(model, X: Tensor, device) -> Tensor | None:
-    """Rows the model keeps at its working point (None without one: no threshold, or ``target_tpr=None``,
-    under which ``predict`` rejects nothing)."""
-    if getattr(model, "threshold_", None) is None or model.target_tpr is None:
+    """Rows the model keeps at its working point (None without one)."""
+    if not _has_working_point(model):
         return None
     return torch.as_tensor(model.score_samples(X) >= model.threshold_, device=device)
 

@@ -48,12 +48,13 @@ def gcd_split(y_train: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return known, labelled_mask(y_train, known, rng)
 
 
-def labelled_mask(y: np.ndarray, classes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A seeded LABELLED_SHARE of each of ``classes``' rows (at least one), drawn class by class in order."""
+def labelled_mask(y: np.ndarray, classes: np.ndarray, rng: np.random.Generator,
+                  share: float = LABELLED_SHARE) -> np.ndarray:
+    """A seeded ``share`` of each of ``classes``' rows (at least one), drawn class by class in order."""
     labelled = np.zeros(y.size, dtype=bool)
     for c in classes:
         rows = np.flatnonzero(y == c)
-        labelled[rng.choice(rows, max(1, int(round(LABELLED_SHARE * rows.size))), replace=False)] = True
+        labelled[rng.choice(rows, max(1, int(round(share * rows.size))), replace=False)] = True
     return labelled
 
 
@@ -213,11 +214,7 @@ def mnist_validation_split(seed):
     y = labels.astype(str)
     known = np.unique(y) if seed == "all known" else np.array([str(k) for k in range(MNIST_KNOWN)])
     number = VALIDATION_SEEDS[0] if seed == "all known" else seed
-    rng = np.random.default_rng(number)
-    labelled = np.zeros(y.size, dtype=bool)
-    for c in known:
-        rows = np.flatnonzero(y == c)
-        labelled[rng.choice(rows, max(1, int(round(MNIST_VALIDATION_LABELLED_SHARE * rows.size))), replace=False)] = True
+    labelled = labelled_mask(y, known, np.random.default_rng(number), MNIST_VALIDATION_LABELLED_SHARE)
     cnn = train_small_cnn(images[labelled], labels[labelled], seed=number)
     encoder = TorchEncoder(cnn.backbone, progress=False, name=f"mnist5k-validation-smallcnn-{number}")
     return encoder.encode(images), y, known, labelled

@@ -66,7 +66,6 @@ def _package_version() -> str:
     return __version__
 
 
-
 def _refuse_overflow(X: Tensor, scores: Tensor | None, log_joint: Tensor | None) -> None:
     """A clear error where finite rows lie so far out that their squared distances overflow the dtype:
     a NaN score (∞ − ∞) or no finite log joint would otherwise pass for a number (NaN is never below
@@ -84,6 +83,7 @@ def _refuse_overflow(X: Tensor, scores: Tensor | None, log_joint: Tensor | None)
             f"distances overflow (largest |value| {float(X[rows].abs().max()):.3g}). Rescale the features"
             + (", or pass float64 rows" if X.dtype != torch.float64 else "")
         )
+
 
 class OpenWorld(ClassifierMixin, BaseEstimator):
     """Open-world classifier on embeddings: class posteriors, "unknown", exact incremental learning.
@@ -442,7 +442,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         if names is None:
             mapping = dict(zip(old, old))
         elif isinstance(names, dict):
-            unknown = [key for key in names if key not in set(old)]
+            unknown = [key for key in names if key not in old]
             if unknown:
                 raise ValueError(f"names has keys {unknown[:10]!r} that are not new clusters of this discovery "
                                  f"({old[:10]!r})")

@@ -56,7 +56,8 @@ class LabelledStatistics:
             )
         if (self.labels.dtype.kind == "U") != (other.labels.dtype.kind == "U"):
             raise ValueError("labels change type (str / int) between chunks or partitions; use one label type throughout")
-        new = np.array([label for label in other.labels.tolist() if label not in set(self.labels.tolist())])
+        known = set(self.labels.tolist())  # once, not once per label
+        new = np.array([label for label in other.labels.tolist() if label not in known])
         labels = np.concatenate([self.labels, new]) if new.size else self.labels
         position = {label: i for i, label in enumerate(labels.tolist())}
         mine = self.statistics.padded(labels.size)

@@ -127,6 +127,9 @@ def _stage_arrays(fit_X, fit_labels, in_X, in_labels, out_X, prefix: str, fit_pr
 
 
 EMBED_SECONDS: dict[str, float] = {}  # wall seconds of each embedding call (near 0 when cached)
+FINE_TUNE_SECONDS: dict[str, float] = {}  # wall seconds of each encoder fine-tuning (absent when its weights were kept)
+FINE_TUNE_EPOCHS = 2  # fine_tune_text_encoder's default recipe, fixed before any run (not tuned on these sets)
+FINE_TUNE_THREADS = 2  # fine-tuning and embedding use both cores: their time is not compared with anything
 
 
 def _embed_all(texts_by_key: dict[str, list[str]], clock: Clock, what: str) -> dict[str, np.ndarray]:
@@ -178,34 +181,122 @@ def hwu64_tasks(clock: Clock):
         yield f"hwu64-openset-s{seed}", {"group": "hwu64-openset", "dataset": "HWU64 open-set", **meta}, arrays, None
 
 
-def open_set_task(X_train, y_train, X_test, y_test, seed: int) -> tuple[dict, dict]:
-    """The open-set protocol: a seeded 25% of the classes unknown; validation from training rows only.
+def open_set_rows(y_train, y_test, seed: int) -> tuple[dict, dict]:
+    """The open-set protocol's rows: a seeded 25% of the classes unknown; validation from training rows only.
 
-    Test: fit on the known classes' training rows; every test row of another
-    class is OOD. Validation: hold ``HOLDOUT_SHARE`` of the known classes'
-    training rows out (stratified), split the known classes again (nested 25%
-    pseudo-unknown), fit on the remaining training rows of the pseudo-known
-    classes, and score the held-out rows: pseudo-known ones are ID, pseudo-unknown
-    ones OOD.
+    Test: fit on the known classes' training rows (``known``); every test row of
+    another class is OOD (``test_known`` marks the others). Validation: hold
+    ``HOLDOUT_SHARE`` of the known classes' training rows out (stratified), split
+    the known classes again (nested 25% pseudo-unknown), fit on the remaining
+    training rows of the pseudo-known classes (``vfit``), and score the held-out
+    rows: pseudo-known ones (``val_in``) are ID, pseudo-unknown ones (``val_out``)
+    OOD. ``vfit`` / ``val_in`` / ``val_out`` index the known rows.
     """
     from openworld.evaluation.protocols import holdout_split, open_set_split
 
     known, unknown = open_set_split(y_train, UNKNOWN_SHARE, seed)
-    k_rows = np.isin(y_train, known)
-    Xk, yk = X_train[k_rows], y_train[k_rows]
-    test_known = np.isin(y_test, known)
-    arrays = _stage_arrays(Xk, yk, X_test[test_known], y_test[test_known], X_test[~test_known], "test", "fit")
-
+    k_rows = np.flatnonzero(np.isin(y_train, known))
+    yk = np.asarray(y_train)[k_rows]
     inner, held = holdout_split(yk, HOLDOUT_SHARE, seed)
     pseudo_known, pseudo_unknown = open_set_split(known, UNKNOWN_SHARE, seed)
-    fit_rows = inner[np.isin(yk[inner], pseudo_known)]
-    in_rows = held[np.isin(yk[held], pseudo_known)]
-    out_rows = held[np.isin(yk[held], pseudo_unknown)]
-    arrays.update(_stage_arrays(Xk[fit_rows], yk[fit_rows], Xk[in_rows], yk[in_rows], Xk[out_rows], "val", "vfit"))
+    rows = {"known": k_rows, "test_known": np.isin(y_test, known),
+            "vfit": inner[np.isin(yk[inner], pseudo_known)], "val_in": held[np.isin(yk[held], pseudo_known)],
+            "val_out": held[np.isin(yk[held], pseudo_unknown)]}
     meta = {"seed": seed, "same_fit": False, "n_known": int(known.size),
             "n_unknown": int(unknown.size), "n_pseudo_known": int(pseudo_known.size),
             "n_pseudo_unknown": int(pseudo_unknown.size)}
+    return rows, meta
+
+
+def open_set_task(X_train, y_train, X_test, y_test, seed: int, X_known_val=None) -> tuple[dict, dict]:
+    """Arrays of the open-set protocol (:func:`open_set_rows`). ``X_known_val``: the known training rows as
+    the validation stage sees them (a fine-tuned run embeds them with an encoder tuned on ``vfit`` only)."""
+    rows, meta = open_set_rows(y_train, y_test, seed)
+    Xk, yk = X_train[rows["known"]], np.asarray(y_train)[rows["known"]]
+    tk = rows["test_known"]
+    arrays = _stage_arrays(Xk, yk, X_test[tk], y_test[tk], X_test[~tk], "test", "fit")
+    Xv = Xk if X_known_val is None else X_known_val
+    fit, held_in, held_out = rows["vfit"], rows["val_in"], rows["val_out"]
+    arrays.update(_stage_arrays(Xv[fit], yk[fit], Xv[held_in], yk[held_in], Xv[held_out], "val", "vfit"))
     return arrays, meta
+
+
+# ------------------------------------------------------------------------------ fine-tuned encoders
+
+
+def _fine_tuned(work: Path, key: str, texts, labels, seed: int, clock: Clock):
+    """The bundled encoder fine-tuned on (texts, labels) (the fit rows of one stage); weights kept under
+    ``work/encoders`` by a digest of the rows, labels and recipe, so a re-run skips the training."""
+    from openworld.encoders.text import TextEncoder, cache_key, fine_tune_text_encoder
+
+    recipe = {"epochs": FINE_TUNE_EPOCHS, "seed": seed}
+    digest = cache_key(f"fine-tune {sorted(recipe.items())}", [*texts, *map(str, labels)])[:16]
+    path = work / "encoders" / f"{key}-{digest}.safetensors"
+    if path.is_file():
+        return TextEncoder.load(path, progress=False)
+    start = time.perf_counter()
+    encoder = fine_tune_text_encoder(texts, labels, epochs=FINE_TUNE_EPOCHS, seed=seed,
+                                     num_threads=FINE_TUNE_THREADS, progress=False)
+    seconds = time.perf_counter() - start
+    FINE_TUNE_SECONDS[key] = seconds
+    path.parent.mkdir(parents=True, exist_ok=True)
+    encoder.save(path)
+    clock.log(f"{key}: encoder fine-tuned on {len(texts):,} texts in {seconds:.0f} s")
+    return encoder
+
+
+def _embed_with(encoder, texts, threads=FINE_TUNE_THREADS) -> np.ndarray:
+    import torch
+
+    from openworld.encoders.text import embed_texts
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return embed_texts(list(texts), encoder=encoder, progress=False)
+    finally:
+        torch.set_num_threads(before)
+
+
+def fine_tuned_clinc_tasks(clock: Clock, work: Path):
+    """CLINC150 full and its open-set protocol, each stage embedded by an encoder fine-tuned on its fit rows."""
+    from openworld.datasets.clinc150 import load_clinc150
+
+    data = load_clinc150("full")
+    splits = ("train", "val", "test", "oos_val", "oos_test")
+    encoder = _fine_tuned(work, "clinc-full", data["train"][0], data["train"][1], 0, clock)
+    emb = {s: _embed_with(encoder, data[s][0]) for s in splits}
+    lab = {s: np.asarray(data[s][1]) for s in splits}
+    arrays = _stage_arrays(emb["train"], lab["train"], emb["test"], lab["test"], emb["oos_test"], "test", "fit")
+    arrays.update({"val_in_X": emb["val"], "val_in_y": _encode(lab["val"], np.unique(lab["train"])),
+                   "val_out_X": emb["oos_val"]})
+    yield "clinc-full", {"group": "clinc-full", "dataset": "CLINC150 full", "seed": None, "same_fit": True}, arrays, None
+    yield from _fine_tuned_open_set("clinc", "clinc-openset", "CLINC150 open-set", data["train"], data["test"], clock, work)
+
+
+def fine_tuned_hwu64_tasks(clock: Clock, work: Path):
+    from openworld.datasets.hwu64 import load_hwu64
+
+    data = load_hwu64()
+    yield from _fine_tuned_open_set("hwu64", "hwu64-openset", "HWU64 open-set", data["train"], data["test"], clock, work)
+
+
+def _fine_tuned_open_set(source, group, dataset, train, test, clock, work):
+    """Per seed: a test encoder fine-tuned on the known classes' training rows, and a validation encoder
+    fine-tuned on the validation stage's fit rows only (its pseudo-unknown classes stay unseen)."""
+    train_texts, y_train = np.asarray(train[0], dtype=object), np.asarray(train[1])
+    test_texts, y_test = list(test[0]), np.asarray(test[1])
+    for seed in OPEN_SET_SEEDS:
+        rows, _ = open_set_rows(y_train, y_test, seed)
+        known_texts, known_labels = train_texts[rows["known"]], y_train[rows["known"]]
+        test_encoder = _fine_tuned(work, f"{source}-openset-s{seed}-test", list(known_texts), known_labels, seed, clock)
+        val_encoder = _fine_tuned(work, f"{source}-openset-s{seed}-val", list(known_texts[rows["vfit"]]),
+                                  known_labels[rows["vfit"]], seed, clock)
+        X_train = np.zeros((len(train_texts), test_encoder.dimension), np.float32)
+        X_train[rows["known"]] = _embed_with(test_encoder, known_texts)
+        arrays, meta = open_set_task(X_train, y_train, _embed_with(test_encoder, test_texts), y_test, seed,
+                                     X_known_val=_embed_with(val_encoder, known_texts))
+        yield f"{group}-s{seed}", {"group": group, "dataset": dataset, **meta}, arrays, None
 
 
 def mnist_tasks(clock: Clock):
@@ -457,7 +548,7 @@ def _git_revision() -> str:
         return "unknown"
 
 
-def prepare(work: Path, only: set[str] | None = None) -> None:
+def prepare(work: Path, only: set[str] | None = None, fine_tune: bool = False) -> None:
     import torch
 
     from openworld.encoders.text import TextEncoder
@@ -477,8 +568,13 @@ def prepare(work: Path, only: set[str] | None = None) -> None:
                               "lr_c_grid": list(LR_C_GRID), "knn_k_grid": list(KNN_K_GRID),
                               "vim_dim_shares": list(VIM_DIM_SHARES), "qda_shrinkage_grid": list(QDA_SHRINKAGE_GRID),
                               "covariances": list(COVARIANCES), "cnn_epochs": CNN_EPOCHS})
+    if fine_tune:
+        update_manifest(work, fine_tune={"epochs": FINE_TUNE_EPOCHS, "threads": FINE_TUNE_THREADS})
     names = []
-    sources = [("clinc", clinc_tasks), ("hwu64", hwu64_tasks), ("mnist5k", mnist_tasks)]
+    if fine_tune:
+        sources = [("clinc", lambda c: fine_tuned_clinc_tasks(c, work)), ("hwu64", lambda c: fine_tuned_hwu64_tasks(c, work))]
+    else:
+        sources = [("clinc", clinc_tasks), ("hwu64", hwu64_tasks), ("mnist5k", mnist_tasks)]
     for source, make_tasks in sources:
         if only and source not in only:
             continue
@@ -515,6 +611,7 @@ def prepare(work: Path, only: set[str] | None = None) -> None:
             clock.log(f"{name}: done in {time.perf_counter() - task_start:.0f} s")
     update_manifest(work, steps={"prepare": {"seconds": time.perf_counter() - clock.start, "load": os.getloadavg()[1],
                                              "embed_seconds": sum(EMBED_SECONDS.values()) if EMBED_SECONDS else None,
+                                             "fine_tune_seconds": dict(FINE_TUNE_SECONDS),
                                              "command": " ".join([os.path.relpath(sys.executable), "-m", "benchmarks.quality", *sys.argv[1:]])}})
     clock.log(f"step 1 done: {len(names)} tasks in {work}")
 
@@ -944,12 +1041,15 @@ def main(argv=None) -> None:
     p = sub.add_parser("prepare", help="step 1: embed, split, score openworld, its baselines and scikit-learn")
     p.add_argument("--work", type=Path, default=DEFAULT_WORK)
     p.add_argument("--only", nargs="*", choices=["clinc", "hwu64", "mnist5k"], help="a subset of datasets (for trials)")
+    p.add_argument("--fine-tune", action="store_true",
+                   help="embed with the bundled encoder fine-tuned on each stage's fit rows (CLINC150 full and "
+                        "open-set, HWU64 open-set; docs/benchmarks-fine-tuned.md)")
     r = sub.add_parser("report", help="step 3: metrics and docs/benchmarks.md")
     r.add_argument("--work", type=Path, default=DEFAULT_WORK)
     r.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     if args.step == "prepare":
-        prepare(args.work, set(args.only) if args.only else None)
+        prepare(args.work, set(args.only) if args.only else None, fine_tune=args.fine_tune)
     else:
         render(args.work, args.out, argv if argv is not None else sys.argv[1:])
         print(f"wrote {args.out}")

@@ -155,11 +155,16 @@ def embed(
 
     _check_output(output, table=True)
 
+    if batch_size < 1:
+        _fail(f"--batch-size must be a positive number of sentences, got {batch_size}")
     try:
         encoder = TextEncoder(batch_size=batch_size, progress=progress, layers=[int(part) for part in layers.split(",")])
     except ValueError:
         _fail(f"--layers must be comma-separated distinct hidden states in 0..6 (e.g. 5,6 or 6), got {layers!r}")
-    table = read_table(data, text_column=text, label_column=labels)
+    try:
+        table = read_table(data, text_column=text, label_column=labels)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        _fail(str(error))
     if table.texts is None:
         _fail(f"{data} has no text column to embed (name it with --text)")
     vectors = embed_texts(table.texts, encoder=encoder, progress=progress)

@@ -21,7 +21,16 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from openworld.core import scores as score_functions
 from openworld.core.accumulator import LabelledStatistics, RowSample
-from openworld.core.arrays import InputKind, as_features, as_labels, as_weights, device_labels, to_output
+from openworld.core.arrays import (
+    InputKind,
+    as_features,
+    as_labels,
+    as_weights,
+    column_names,
+    device_labels,
+    in_column_order,
+    to_output,
+)
 from openworld.core.covariance import (
     CovarianceEstimate,
     background_covariance,
@@ -164,9 +173,10 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
     def fit(self, X, y=None, sample_weight=None):
         """Fit class statistics on ``X: (n, d)`` with labels ``y: (n,)`` (None = one class of normal rows)."""
         self._validate_params()
-        if self._is_mixture() or self.contamination:
-            return self._fit_from_rows(X, y, sample_weight)
-        return self._fit_chunks([(X, y, sample_weight)], chunked=False)
+        with self._all_or_nothing():  # a refit that fails leaves the former model whole, not half replaced
+            if self._is_mixture() or self.contamination:
+                return self._fit_from_rows(X, y, sample_weight)
+            return self._fit_chunks([(X, y, sample_weight)], chunked=False)
 
     def fit_batches(self, batches):
         """Fit from an iterable of ``(X, y)`` or ``(X, y, sample_weight)`` chunks, in constant memory.
@@ -180,12 +190,14 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         self._validate_params()
         if self._is_mixture() or self.contamination:
             raise ValueError("fit_batches needs components=1 and contamination=0 (mixtures and trimming revisit rows)")
-        return self._fit_chunks(batches, chunked=True)
+        with self._all_or_nothing():
+            return self._fit_chunks(batches, chunked=True)
 
     def _fit_chunks(self, batches, chunked: bool):
         """Merge the chunks' statistics and row samples; ``chunked``: errors name the chunk."""
         rng = self._rng()
         state, sample, n_features, unlabelled = None, RowSample(WORKING_POINT_ROWS), None, None
+        names = None  # the first chunk's column names, if it has any: later chunks are read by them
         for number, batch in enumerate(batches):
             X, y, sample_weight = tuple(batch) + (None,) * (3 - len(batch))
             try:
@@ -194,6 +206,9 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
                 if unlabelled is not None and (y is None) != unlabelled:
                     raise ValueError("y is None in some chunks but not in others: label every chunk, or none (one class)")
                 unlabelled = y is None
+                if state is None:
+                    names = column_names(X)
+                X = in_column_order(X, names)
                 X, _ = as_features(X, n_features=n_features, name=type(self).__name__, device=self.device)
                 labels = device_labels(y, X.shape[0], X.device)
                 labels = self._labels_or_one_class(y, X.shape[0]) if labels is None else labels
@@ -207,7 +222,20 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
                 sample = sample.offer(X, labels, weights, rng.random(X.shape[0]))
         if state is None:
             raise ValueError("no chunks to fit: the iterable of batches was empty (or every chunk had no rows)")
+        self._name_features(names)
         return self._fit_from_state(state.sorted(), sample)
+
+    def _name_features(self, names: list[str] | None) -> None:
+        """``feature_names_in_`` (scikit-learn's name): the fitted columns' names, by which later input is read."""
+        if names is None:
+            self.__dict__.pop("feature_names_in_", None)
+        else:
+            self.feature_names_in_ = np.asarray(names, dtype=object)
+
+    def _named(self, X):
+        """``X`` with its named columns in the fitted order (unnamed input as it is)."""
+        names = getattr(self, "feature_names_in_", None)
+        return X if names is None else in_column_order(X, names.tolist())
 
     def _uses_held_out_working_point(self) -> bool:
         return self.target_tpr is not None and self.working_point == "held_out"
@@ -254,6 +282,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
 
     def _fit_from_rows(self, X, y, sample_weight):
         """The fits that revisit rows: mixtures (EM) and robust trimming."""
+        self._name_features(column_names(X))
         X, _ = as_features(X, name=type(self).__name__, device=self.device)
         labels = self._labels_or_one_class(y, X.shape[0])
         self.kernel_sample_ = None  # set once the rows to keep are known (after trimming)
@@ -291,7 +320,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         if not hasattr(self, "statistics_"):
             return self.fit(X, y, sample_weight)
         self._check_fitted()
-        X, _ = as_features(X, n_features=self.n_features_in_, name=type(self).__name__, device=self.statistics_.device)
+        X, _ = as_features(self._named(X), n_features=self.n_features_in_, name=type(self).__name__, device=self.statistics_.device)
         labels = self._labels_or_one_class(y, X.shape[0])
         self._check_label_type(labels)
         weights = as_weights(sample_weight, X.shape[0], X.device, part_of_more=True)
@@ -303,6 +332,9 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
 
     def _partial_fit(self, X: Tensor, labels: np.ndarray, weights: Tensor | None) -> None:
         score_before = self.score_
+        # Draws of this update: seeded by the weight fitted before it, so an update's rows do not get the
+        # priorities the first fit's rows got (the row samples would keep the same positions of each batch).
+        rng = self._rng(int(np.float64(self.statistics_.weights.sum()).view(np.int64)) & (2**63 - 1))
         new = np.setdiff1d(np.unique(labels), self.classes_)
         if new.size:
             merged = np.concatenate([self.classes_, new])
@@ -322,7 +354,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         else:
             self.statistics_ = self.statistics_.merge(self._accumulate(X, class_index, weights))
         if self._keeps_rows():
-            fresh = RowSample(KEPT_ROWS).offer(X, labels, weights, self._rng().random(X.shape[0]))
+            fresh = RowSample(KEPT_ROWS).offer(X, labels, weights, rng.random(X.shape[0]))
             self.kernel_sample_ = kernel_rows(self.kernel_sample_.merge(fresh))
         self._refresh()
         if self.target_tpr is not None and self.working_point == "gaussian":
@@ -330,11 +362,11 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         elif self.target_tpr is not None and self._keeps_rows():
             self._place_kernel_working_point()
         elif self.target_tpr is not None and not self._score_changed(score_before):  # else: scores dropped
-            sample = RowSample(WORKING_POINT_ROWS).offer(X, labels, weights, self._rng().random(X.shape[0]))
+            sample = RowSample(WORKING_POINT_ROWS).offer(X, labels, weights, rng.random(X.shape[0]))
             represented = float(X.shape[0]) if weights is None else float(weights.sum())
             fresh = self._cross_fitted_scores(sample, represented)
             old = self.held_out_scores_
-            self.held_out_scores_ = fresh if old is None else old.combined(fresh, WORKING_POINT_ROWS, self._rng())
+            self.held_out_scores_ = fresh if old is None else old.combined(fresh, WORKING_POINT_ROWS, rng)
             self.threshold_ = self.held_out_scores_.threshold(self.target_tpr)
 
     def forget(self, labels):
@@ -347,6 +379,12 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         keep = ~np.isin(self.classes_, labels)
         if not keep.any():
             raise ValueError("cannot forget every class: at least one class must remain")
+        if self.contamination:
+            raise ValueError(
+                "forget needs contamination=0: the trimmed fit chose the rows it dropped under a covariance "
+                "pooled over every class, so a trimmed refit without these classes would keep other rows; "
+                "refit on the remaining classes' rows instead"
+            )
         present = self._class_weights(self.statistics_).cpu().numpy() > 0
         score_functions.resolve_score(self.score, int((present & keep).sum()))  # refuses what a fit on them would
         if self._keeps_rows() and np.isin(self.kernel_sample_.labels, labels).all():
@@ -381,7 +419,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
                 "unlearn needs contamination=0: the trimmed fit dropped rows it never counted, and which "
                 "rows a refit would drop depends on those removed; refit without the rows instead"
             )
-        X, _ = as_features(X, n_features=self.n_features_in_, name=type(self).__name__, device=self.statistics_.device)
+        X, _ = as_features(self._named(X), n_features=self.n_features_in_, name=type(self).__name__, device=self.statistics_.device)
         labels = self._labels_or_one_class(y, X.shape[0])
         self._check_label_type(labels)
         unknown = np.setdiff1d(np.unique(labels), self.classes_)
@@ -390,11 +428,13 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         weights = as_weights(sample_weight, X.shape[0], X.device)
         removed = self._accumulate(X, self._class_index(labels, X.device), weights)
         remaining = self.statistics_.subtract(removed)
-        keep = (self._class_weights(remaining) > 0).cpu().numpy()
+        present = (self._class_weights(remaining) > 0).cpu().numpy()
+        # Only classes this call empties are dropped: a class fitted with zero weight stays, as a refit keeps it.
+        keep = present | ~(self._class_weights(self.statistics_) > 0).cpu().numpy()
         # Checked before anything changes: a refused unlearn leaves the model as it was.
-        if not keep.any():
+        if not present.any():
             raise ValueError("unlearning these rows would leave no data: every class would be empty")
-        score_functions.resolve_score(self.score, int(keep.sum()))  # refuses what a fit on what remains would
+        score_functions.resolve_score(self.score, int(present.sum()))  # refuses what a fit on what remains would
         with self._all_or_nothing():
             self.statistics_ = remaining
             self._keep_classes(keep)
@@ -415,7 +455,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         from openworld.discovery import discover
 
         self._check_fitted()
-        X, _ = as_features(X, n_features=self.n_features_in_, name=type(self).__name__, device=self.statistics_.device)
+        X, _ = as_features(self._named(X), n_features=self.n_features_in_, name=type(self).__name__, device=self.statistics_.device)
         result = discover(self, X, n_new, settings=settings, representatives=representatives,
                           random_state=self.random_state)
         if adopt:
@@ -474,7 +514,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         validate_target_tpr(target)
         if target is None:
             raise ValueError("set a target_tpr (the share of in-distribution rows to keep) first")
-        X, _ = as_features(X_val, n_features=self.n_features_in_, name=type(self).__name__)
+        X, _ = as_features(self._named(X_val), n_features=self.n_features_in_, name=type(self).__name__)
         weights = as_weights(sample_weight, X.shape[0], X.device)
         if weights is not None:  # rows of zero weight are not data
             positive = weights > 0
@@ -581,6 +621,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             "held_out_represents": held_out,
             "embedding_model": getattr(self, "embedding_model_", None),
             "feature_columns": getattr(self, "feature_columns_", None),
+            "feature_names_in": getattr(self, "feature_names_in_", np.array([])).tolist() or None,
         }
         write_model_file(path, tensors, manifest)
 
@@ -612,6 +653,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             model.threshold_ = manifest["threshold"]
             model.embedding_model_ = manifest["embedding_model"]
             model.feature_columns_ = manifest.get("feature_columns")  # files written before it was saved lack it
+            model._name_features(manifest.get("feature_names_in"))
             model.held_out_scores_ = None
             model.kernel_sample_, bandwidth = None, None
             if "kernel_sample.rows" in tensors:
@@ -662,10 +704,16 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             raise ValueError("contamination (robust trimming) needs components=1")
         if self.working_point not in ("held_out", "gaussian"):
             raise ValueError(f"working_point must be 'held_out' or 'gaussian', got {self.working_point!r}")
-        if self.working_point == "gaussian" and (self._shrinks() or self.score not in ("auto", "mahalanobis")):
+        if self.working_point == "gaussian" and (
+            self._shrinks() or self.score not in ("auto", "mahalanobis") or self._is_mixture()
+            or self.covariance == "diag" or self.contamination
+        ):
             raise ValueError(
-                "working_point='gaussian' is exact only for the Mahalanobis score of one class without "
-                "shrinkage (shrinkage=None, score='mahalanobis' or 'auto'); use the held-out default otherwise"
+                "working_point='gaussian' is exact only for the Mahalanobis score of one Gaussian fitted on every "
+                "row (shrinkage=None, score='mahalanobis' or 'auto', components=1, covariance 'tied' or 'full', "
+                "contamination=0): its threshold is the distribution of that distance; use the held-out default "
+                f"otherwise (got shrinkage={self.shrinkage!r}, score={self.score!r}, components={self.components!r}, "
+                f"covariance={self.covariance!r}, contamination={self.contamination!r})"
             )
         if isinstance(self.dropped_variance, bool) or not isinstance(self.dropped_variance, (int, float)) or not (
             0.0 <= self.dropped_variance < 1.0
@@ -699,7 +747,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
 
     def _features(self, X) -> tuple[Tensor, InputKind]:
         self._check_fitted()
-        return as_features(X, n_features=self.n_features_in_, name=type(self).__name__, device=self.device)
+        return as_features(self._named(X), n_features=self.n_features_in_, name=type(self).__name__, device=self.device)
 
     def _labels_or_one_class(self, y, n_rows: int) -> np.ndarray:
         if y is None:
@@ -716,11 +764,12 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
     def _class_index(self, labels: np.ndarray, device) -> Tensor:
         return torch.as_tensor(np.searchsorted(self.classes_, labels), device=device)
 
-    def _rng(self) -> np.random.Generator:
+    def _rng(self, *salt: int) -> np.random.Generator:
+        """The generator of ``random_state``; ``salt`` (ints) gives each update its own draws from the same seed."""
         seed = self.random_state
         if isinstance(seed, np.random.RandomState):
             seed = seed.randint(2**31)
-        return np.random.default_rng(seed)
+        return np.random.default_rng(None if seed is None else [int(seed), *salt])
 
     def _accumulate(self, X: Tensor, class_index: Tensor, weights: Tensor | None) -> ClassStatistics:
         """Statistics of rows whose classes are known, aligned with ``classes_``."""
@@ -814,6 +863,12 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
     def _refresh(self, kernel_bandwidth: float | None = None) -> None:
         """Re-derive everything from the statistics (after fit, partial_fit, forget, unlearn, load);
         the kernel density from its row sample, with ``kernel_bandwidth`` or one chosen afresh."""
+        overflowed = [name for name, value in self.statistics_.as_dict().items() if not bool(torch.isfinite(value).all())]
+        if overflowed:
+            raise ValueError(
+                f"the rows' moments ({', '.join(overflowed)}) overflow: the features are too large for their "
+                "dtype (float32 holds squares up to ~3e38); pass float64 rows, or rescale the features"
+            )
         n_present = int((self._class_weights(self.statistics_) > 0).sum())
         self.score_ = score_functions.resolve_score(self.score, n_present)
         if self.score == "auto" and n_present == 1 and self._is_mixture():
@@ -1036,12 +1091,13 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         """
         everything = self.statistics_
         labels = class_index.cpu().numpy()
+        carried = np.ones(X.shape[0], dtype=bool) if weights is None else (weights > 0).cpu().numpy()
         trimmed = np.zeros(X.shape[0], dtype=bool)
         for _ in range(steps):
             distances = self._own_class_distances(X, class_index).double().cpu().numpy()
             new = np.zeros_like(trimmed)
             for k in np.unique(labels):
-                rows = np.flatnonzero(labels == k)
+                rows = np.flatnonzero((labels == k) & carried)  # rows of zero weight are not data: never trimmed
                 n_trim = int(np.floor(self.contamination * rows.size))
                 if n_trim and rows.size - n_trim >= 1:
                     new[rows[np.argsort(distances[rows])[rows.size - n_trim :]]] = True

@@ -122,3 +122,30 @@ def test_mnist_validation_pool_holds_no_test_row_of_any_seed():
     tested = np.concatenate([holdout_split(labels, MNIST_TEST_SHARE, seed)[1] for seed in SEEDS])
     assert pool.size > 0 and not np.isin(pool, tested).any()
     assert np.union1d(pool, tested).size == labels.size  # every row is in the pool or tested by some seed
+
+
+def test_open_set_rows_keep_each_stage_apart_and_the_validation_encoder_only_feeds_the_validation_stage():
+    from benchmarks.quality import open_set_rows, open_set_task
+
+    rng = np.random.default_rng(0)
+    y_train = np.repeat([f"c{i:02d}" for i in range(16)], 20)
+    y_test = np.repeat([f"c{i:02d}" for i in range(16)], 5)
+    rows, meta = open_set_rows(y_train, y_test, seed=1)
+    known_labels = y_train[rows["known"]]
+    assert set(known_labels) == set(y_test[rows["test_known"]]) and meta["n_known"] == len(set(known_labels)) == 12
+    # Validation: fit rows, held-in ID rows and held-out pseudo-unknown rows are disjoint, and no
+    # pseudo-unknown intent has a fit row (what the validation stage's encoder is fine-tuned on).
+    fit, held_in, held_out = (set(rows[k]) for k in ("vfit", "val_in", "val_out"))
+    assert not (fit & held_in or fit & held_out or held_in & held_out)
+    assert not set(known_labels[rows["val_out"]]) & set(known_labels[rows["vfit"]])
+    assert set(known_labels[rows["val_in"]]) <= set(known_labels[rows["vfit"]])
+    # A second embedding of the known rows feeds the validation arrays only.
+    X_train, X_test = rng.normal(size=(y_train.size, 3)), rng.normal(size=(y_test.size, 3))
+    X_val = rng.normal(size=(rows["known"].size, 3))
+    plain, _ = open_set_task(X_train, y_train, X_test, y_test, seed=1)
+    tuned, _ = open_set_task(X_train, y_train, X_test, y_test, seed=1, X_known_val=X_val)
+    for key in ("fit_X", "test_in_X", "test_out_X", "fit_y", "val_in_y", "vfit_y"):
+        np.testing.assert_array_equal(plain[key], tuned[key])
+    np.testing.assert_array_equal(tuned["vfit_X"], X_val[rows["vfit"]].astype(np.float32))
+    np.testing.assert_array_equal(tuned["val_out_X"], X_val[rows["val_out"]].astype(np.float32))
+    np.testing.assert_array_equal(plain["vfit_X"], X_train[rows["known"]][rows["vfit"]].astype(np.float32))

@@ -283,3 +283,23 @@ def test_integer_classes_from_one_csv_meet_oos_in_another(tmp_path):
     _csv(tmp_path / "other.csv", test, np.r_[["a"] * 80, ["oos"] * 20])
     result = runner.invoke(app, ["eval", str(tmp_path / "m.safetensors"), str(tmp_path / "other.csv"), "--no-progress"])
     assert result.exit_code != 0 and "labels are strings but the model's classes are int64" in result.output
+
+
+def test_embed_names_bad_input_without_a_traceback(tmp_path):
+    (tmp_path / "ok.csv").write_text("text,label\nhello,a\nworld,b\n")
+    (tmp_path / "empty.csv").write_text("text,label\nhello,a\n,b\n")
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet")
+    out = str(tmp_path / "o.parquet")
+    cases = [
+        ([str(tmp_path / "missing.csv")], "no such file"),
+        ([str(tmp_path / "ok.csv"), "--text", "nosuch"], "no column 'nosuch'"),
+        ([str(tmp_path / "ok.csv"), "--labels", "nosuch"], "no column 'nosuch'"),
+        ([str(tmp_path / "empty.csv")], "row 1 is empty"),
+        ([str(tmp_path / "broken.parquet")], "parquet"),
+        ([str(tmp_path / "ok.csv"), "--batch-size", "0"], "--batch-size"),
+    ]
+    for arguments, message in cases:
+        result = runner.invoke(app, ["embed", *arguments, "-o", out, "--no-progress"])
+        assert result.exit_code == 2, (arguments, result.output)
+        flat = " ".join(result.output.split())  # the console wraps long lines
+        assert message in flat and "Traceback" not in flat, (arguments, result.output)

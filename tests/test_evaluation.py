@@ -316,3 +316,22 @@ def test_text_labels_meet_integer_classes_as_the_integers_they_spell():
     assert classes.tolist() == ["3", "7", "-2"]
     same = np.array(["a", "b"])
     assert common_label_type(same, np.array(["b"]))[0] is same  # one kind already: untouched
+
+
+def test_axis_ticks_of_scores_equal_but_for_round_off_end():
+    import math
+
+    from openworld.evaluation.report import _nice_ticks
+
+    assert _nice_ticks(1.0, math.nextafter(1.0, 2.0)) == [1.0]  # used to loop forever, growing a list
+    assert _nice_ticks(-20.69, -20.69 + 3.6e-15) == [-20.69]
+    ticks = _nice_ticks(-3.2, 7.9)
+    assert ticks[0] >= -3.2 and ticks[-1] <= 7.9 and len(ticks) >= 3
+    np.testing.assert_allclose(np.diff(ticks), ticks[1] - ticks[0])
+
+
+def test_only_ascii_digits_spell_integer_classes():
+    from openworld.core.arrays import common_label_type
+
+    labels, classes = common_label_type(np.array(["3", "03", "+7", "²", "①", "٣", "oos"]), np.array([3, 7]))
+    assert labels.tolist() == ["3", "3", "7", "²", "①", "٣", "oos"] and classes.tolist() == ["3", "7"]

@@ -318,3 +318,38 @@ def test_invalid_parameters_name_themselves(param, value):
     X, y, _ = _problem(11)
     with pytest.raises(ValueError, match=param):
         OpenWorld(**{param: value}).fit(X, y)
+
+
+def test_a_tensor_that_requires_grad_is_data():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(200, 4)), np.repeat([0, 1], 100)
+    graph = torch.from_numpy(X).requires_grad_(True) * 1.0  # a backbone's output called without no_grad
+    model = OpenWorld(random_state=0).fit(graph, y)
+    reference = OpenWorld(random_state=0).fit(X, y)
+    assert model.threshold_ == reference.threshold_
+    np.testing.assert_array_equal(model.decision_function(graph).detach().numpy(), reference.decision_function(X))
+
+
+def test_dataframe_columns_are_read_by_name_in_fit_batches_scoring_updates_and_files(tmp_path):
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(300, 3)) * [1.0, 10.0, 100.0] + np.repeat([[0, 0, 0], [1, 20, -300]], 150, 0), np.repeat([0, 1], 150)
+    frame = pd.DataFrame(X, columns=["a", "b", "c"])
+    shuffled = frame[["c", "a", "b"]]
+    reference = OpenWorld(random_state=0).fit(X, y)
+    # Chunks whose columns come in another order: the truth is fit(pd.concat(chunks)), which aligns by name.
+    chunked = OpenWorld(random_state=0).fit_batches([(frame.iloc[:100], y[:100]), (shuffled.iloc[100:], y[100:])])
+    np.testing.assert_allclose(chunked.statistics_.means.numpy(), reference.statistics_.means.numpy(), rtol=1e-12)
+    model = OpenWorld(random_state=0).fit(frame, y)
+    np.testing.assert_array_equal(model.feature_names_in_, ["a", "b", "c"])
+    np.testing.assert_allclose(model.decision_function(shuffled), reference.decision_function(X), rtol=1e-12)
+    np.testing.assert_allclose(model.decision_function(X), reference.decision_function(X), rtol=1e-12)  # unnamed: by position
+    updated = OpenWorld(random_state=0).fit(frame.iloc[:200], y[:200]).partial_fit(shuffled.iloc[200:], y[200:])
+    np.testing.assert_allclose(updated.statistics_.means.numpy(), reference.statistics_.means.numpy(), rtol=1e-12)
+    with pytest.raises(ValueError, match=r"lacks 1 feature column.*'c'"):
+        model.predict(frame[["a", "b"]].assign(d=0.0))
+    model.save(tmp_path / "m.safetensors")
+    loaded = OpenWorld.load(tmp_path / "m.safetensors")
+    np.testing.assert_array_equal(loaded.feature_names_in_, ["a", "b", "c"])
+    np.testing.assert_array_equal(loaded.decision_function(shuffled), model.decision_function(shuffled))
+    assert not hasattr(OpenWorld(random_state=0).fit(frame, y).fit(X, y), "feature_names_in_")  # a refit on arrays

@@ -297,14 +297,19 @@ def test_a_row_sample_is_the_smallest_priorities_of_what_remains_even_after_drop
 
 
 def test_forget_then_partial_fit_keeps_the_sample_uniform_and_the_false_alarm_rate():
-    rng = np.random.default_rng(15)
-    X = np.vstack([rng.normal(0, 1, (20_000, 2)), rng.normal(8, 1, (20_000, 2))])
-    model = OpenWorld(score="kernel_density", random_state=0).fit(X, np.repeat([0, 1], 20_000)).forget([1])
-    model.partial_fit(rng.normal(-8, 1, (10_000, 2)), np.full(10_000, 2))
-    share = (model.kernel_sample_.labels == 2).mean()  # a third of the remaining rows are class 2
-    assert abs(share - 1 / 3) < 0.03
-    fresh = np.vstack([rng.normal(0, 1, (20_000, 2)), rng.normal(-8, 1, (10_000, 2))])
-    assert abs((model.predict(fresh) == "unknown").mean() - 0.05) < 0.015
+    # One seed's false-alarm rate varies by about ±0.01 (a density and a threshold from 4,096-row samples):
+    # the mean over three seeds is held to 0.01.
+    rates = []
+    for seed in range(3):
+        rng = np.random.default_rng(15)
+        X = np.vstack([rng.normal(0, 1, (20_000, 2)), rng.normal(8, 1, (20_000, 2))])
+        model = OpenWorld(score="kernel_density", random_state=seed).fit(X, np.repeat([0, 1], 20_000)).forget([1])
+        model.partial_fit(rng.normal(-8, 1, (10_000, 2)), np.full(10_000, 2))
+        share = (model.kernel_sample_.labels == 2).mean()  # a third of the remaining rows are class 2
+        assert abs(share - 1 / 3) < 0.03
+        fresh = np.vstack([rng.normal(0, 1, (20_000, 2)), rng.normal(-8, 1, (10_000, 2))])
+        rates.append((model.predict(fresh) == "unknown").mean())
+    assert abs(np.mean(rates) - 0.05) < 0.01, rates
 
 
 def test_rows_of_zero_weight_do_not_take_the_places_of_weighted_rows():
@@ -315,3 +320,24 @@ def test_rows_of_zero_weight_do_not_take_the_places_of_weighted_rows():
     model.partial_fit(rng.normal(0, 1, (100_000, 2)), sample_weight=weights)
     assert len(model.kernel_sample_.rows) == KERNEL_DENSITY_ROWS + CALIBRATION_ROWS  # 25,000 rows of positive weight
     assert (model.kernel_sample_.weights > 0).all()
+
+
+def test_each_feature_is_scaled_by_its_own_spread_however_small_beside_another():
+    from openworld.core.kernel_density import feature_moments
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 4)) * [1e9, 1.0, 1.0, 1.0]
+    X[:, 3] = 0.1  # constant: the only feature floored
+    stats = OpenWorld(target_tpr=None).fit(X).statistics_
+    mean, std = feature_moments(stats.weights, stats.means, stats.scatters)
+    np.testing.assert_allclose(std.numpy()[:3], X[:, :3].std(0), rtol=1e-9)
+    assert 0 < std[3] < np.inf  # a constant feature gets a floor, not a zero to divide by
+    # Free of units: raw and standardised features give the same ranking of fresh rows.
+    normal, odd = rng.normal(size=(500, 4)) * [1e9, 1, 1, 0], rng.normal(size=(500, 4)) * [1e9, 1, 1, 0] + [0, 4, 4, 0]
+    normal[:, 3] = odd[:, 3] = 0.1
+    fresh = np.vstack([normal, odd])
+    scale = np.where(X.std(0) > 0, X.std(0), 1.0)
+    raw = OpenWorld(score="kernel_density", random_state=0).fit(X).score_samples(fresh)
+    standard = OpenWorld(score="kernel_density", random_state=0).fit(X / scale).score_samples(fresh / scale)
+    auroc_raw = roc_auc_score(np.r_[np.ones(500), np.zeros(500)], raw)
+    assert auroc_raw > 0.95 and abs(auroc_raw - roc_auc_score(np.r_[np.ones(500), np.zeros(500)], standard)) < 0.01

@@ -171,3 +171,60 @@ def test_one_class_mixture_scores_by_the_mixture_density_of_its_components():
     assert np.mean(auto.predict(middle) == "unknown") > 0.95
     assert np.mean(single.predict(middle) == "unknown") < 0.1
     assert np.mean(auto.predict(held_out) == "unknown") < 0.15
+
+
+@pytest.mark.parametrize("params", [
+    {"components": "auto", "covariance": "full"},  # resolves to the mixture density, not a distance
+    {"components": 2, "score": "mahalanobis"},
+    {"covariance": "diag"},  # a diagonal distance of correlated features is not Hotelling-distributed
+    {"contamination": 0.05},  # a trimmed covariance is too narrow for the whole distribution
+])
+def test_the_gaussian_working_point_is_refused_where_its_distribution_does_not_hold(params):
+    X = np.random.default_rng(0).normal(size=(500, 3))
+    with pytest.raises(ValueError, match="working_point='gaussian' is exact only"):
+        OpenWorld(shrinkage=None, working_point="gaussian", **params).fit(X)
+
+
+@pytest.mark.parametrize("params", [{}, {"score": "low_variance_mahalanobis"}, {"contamination": 0.1}])
+def test_a_model_of_one_row_saves_and_loads(tmp_path, params):
+    row = np.array([[1.0, 2.0, 3.0]])
+    model = OpenWorld(random_state=0, **params).fit(row)
+    model.save(tmp_path / "one.safetensors")
+    loaded = OpenWorld.load(tmp_path / "one.safetensors")
+    np.testing.assert_array_equal(loaded.score_samples(row + 1), model.score_samples(row + 1))
+    assert loaded.threshold_ == model.threshold_
+
+
+def test_rows_of_zero_weight_take_no_part_in_trimming():
+    rng = np.random.default_rng(0)
+    clean, switched_off = rng.normal(size=(1900, 4)), rng.normal(8, 1, size=(100, 4))  # known anomalies, weight 0
+    X, w = np.vstack([clean, switched_off]), np.r_[np.ones(1900), np.zeros(100)]
+    with_rows = OpenWorld(contamination=0.05, random_state=0).fit(X, sample_weight=w)
+    without = OpenWorld(contamination=0.05, random_state=0).fit(clean)
+    np.testing.assert_allclose(with_rows.statistics_.means.numpy(), without.statistics_.means.numpy(), atol=1e-10)
+
+
+def test_each_update_draws_its_own_priorities():
+    # The kept-row sample after partial_fit must be a uniform sample of all rows: which rows of the second
+    # batch it keeps must not mirror the first batch's (expected overlap of two independent samples: m²/n).
+    rng = np.random.default_rng(0)
+    n = 10_000
+    first, second = np.c_[np.arange(n), rng.normal(size=(n, 2))], np.c_[np.arange(n) + 0.5, rng.normal(size=(n, 2))]
+    model = OpenWorld(score="kernel_density", random_state=0).fit(first).partial_fit(second)
+    tag = model.kernel_sample_.rows[:, 0].numpy()
+    a, b = set(tag[tag % 1 == 0].astype(int)), set((tag[tag % 1 == 0.5] - 0.5).astype(int))
+    expected = len(a) * len(b) / n  # hypergeometric mean; its standard deviation here is about 30
+    assert abs(len(a & b) - expected) < 150, (len(a & b), expected)
+
+
+def test_float32_rows_of_large_spread_fit_as_in_float64():
+    from sklearn.covariance import LedoitWolf
+
+    X = np.random.default_rng(0).normal(size=(5000, 8)) * 1e12  # Σ‖r‖² r overflowed float32 at this scale
+    lw = LedoitWolf().fit(X)
+    diff = X[:20] - X.mean(0)
+    reference = -np.einsum("ij,jk,ik->i", diff, np.linalg.inv(lw.covariance_), diff)
+    scores = OpenWorld(random_state=0).fit(X.astype(np.float32)).score_samples(X[:20].astype(np.float32))
+    np.testing.assert_allclose(scores, reference, rtol=1e-3)
+    with pytest.raises(ValueError, match="overflow"):  # beyond float32's range: a clear error
+        OpenWorld(random_state=0).fit((np.random.default_rng(1).normal(size=(500, 4)) * 1e18).astype(np.float32))

@@ -137,3 +137,19 @@ def test_float32_rows_give_the_float64_moments_to_float32_precision(data):
     stats = ClassStatistics.from_rows(torch.from_numpy(X.astype(np.float32)), torch.from_numpy(y), 4)
     assert stats.scatters.dtype == torch.float64
     assert_stats_close(stats, brute_force(X.astype(np.float32).astype(np.float64), y, 4), rtol=1e-5)
+
+
+def test_padded_statistics_of_a_small_class_beside_a_large_one_are_exact():
+    # The padded (GPU) path repeats a class's last row up to the group's longest class; summing the padding
+    # and subtracting it again cost a one-row class ~n·eps of its mean. Run here on CPU tensors.
+    from openworld.core.statistics import _from_rows_padded
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(1, int), np.ones(3, int), np.full(60_000, 2)]
+    rng.shuffle(y)
+    X, labels = torch.from_numpy(rng.normal(size=(y.size, 4)) + 1e3), torch.from_numpy(y)
+    padded = _from_rows_padded(X, labels, torch.bincount(labels), torch.float64, 10**6)
+    reference = ClassStatistics.from_rows(X, labels, 3)
+    np.testing.assert_array_equal(padded.means[0].numpy(), X[labels == 0][0].numpy())
+    np.testing.assert_allclose(padded.means.numpy(), reference.means.numpy(), rtol=1e-14)
+    np.testing.assert_allclose(padded.scatters.numpy(), reference.scatters.numpy(), rtol=1e-9, atol=1e-9)

@@ -167,3 +167,45 @@ def test_numpy_scalar_parameters_are_saved_as_the_numbers_they_are(tmp_path):
     assert back.random_state == 3 and back.unknown_label == -1
     more, more_y = blobs(rng, 50)
     assert back.partial_fit(more, more_y).threshold_ == model.partial_fit(more, more_y).threshold_
+
+
+def test_forget_is_refused_after_a_trimmed_fit():
+    # A trimmed refit without a class would choose other rows to drop: forget could not equal it.
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(120, 3)) + np.repeat([[0.0], [5.0], [-5.0]], 40, axis=0), np.repeat([0, 1, 2], 40)
+    model = OpenWorld(contamination=0.05, random_state=0).fit(X, y)
+    before = model.decision_function(X)
+    with pytest.raises(ValueError, match="forget needs contamination=0"):
+        model.forget([2])
+    np.testing.assert_array_equal(model.decision_function(X), before)
+
+
+def test_unlearn_keeps_a_class_of_zero_weight_it_does_not_touch_as_a_refit_does():
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 1, (30, 4)), rng.normal(3, 1, (30, 4)), rng.normal(-3, 1, (5, 4))])
+    y = np.array(["a"] * 30 + ["b"] * 30 + ["z"] * 5)
+    w = np.where(y == "z", 0.0, 1.0)
+    kept = np.arange(5, len(y))
+    unlearned = OpenWorld(target_tpr=None).fit(X, y, sample_weight=w).unlearn(X[:5], y[:5])
+    refit = OpenWorld(target_tpr=None).fit(X[kept], y[kept], sample_weight=w[kept])
+    np.testing.assert_array_equal(unlearned.classes_, refit.classes_)
+    np.testing.assert_allclose(unlearned.predict_proba(X), refit.predict_proba(X), atol=1e-10)
+    # A class the call empties is still dropped.
+    emptied = OpenWorld(target_tpr=None).fit(X, y, sample_weight=w).unlearn(X[30:60], y[30:60])
+    np.testing.assert_array_equal(emptied.classes_, ["a", "z"])
+
+
+@pytest.mark.parametrize("how", ["fit", "fit_batches"])
+def test_a_refit_that_fails_leaves_the_former_model_whole(how):
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 1, (40, 3)), rng.normal(4, 1, (40, 3))])
+    model = OpenWorld(shrinkage=None, random_state=0).fit(X, np.repeat([0, 1], 40))
+    before = (model.classes_.copy(), model.predict_proba(X), model.threshold_)
+    X2 = X.copy()
+    X2[:, 2] = 1.0  # constant feature: singular without shrinkage, refused once the heads are built
+    y2 = np.repeat(["cat", "dog"], 40)
+    with pytest.raises(ValueError, match="singular"):
+        model.fit(X2, y2) if how == "fit" else model.fit_batches([(X2[:40], y2[:40]), (X2[40:], y2[40:])])
+    np.testing.assert_array_equal(model.classes_, before[0])
+    np.testing.assert_array_equal(model.predict_proba(X), before[1])
+    assert model.threshold_ == before[2]

@@ -9,6 +9,8 @@ same device.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +56,35 @@ def _is_arrow(X) -> bool:
     return type(X).__module__.startswith("pyarrow")
 
 
+def column_names(X) -> list[str] | None:
+    """The feature columns' names of a pandas DataFrame or an Arrow table (every name a str), else None."""
+    if _is_arrow(X) and hasattr(X, "column_names"):
+        if X.num_columns == 1 and _is_list_type(X.schema.field(0).type):
+            return None  # one column holding whole vectors: its features have no names
+        names = list(X.column_names)
+    elif type(X).__module__.startswith("pandas") and hasattr(X, "columns"):
+        names = list(X.columns)
+    else:
+        return None
+    return names if all(isinstance(n, str) for n in names) else None
+
+
+def in_column_order(X, names: list[str] | None):
+    """``X`` with its named columns in the order ``names`` (the fitted ones); unnamed input is taken as it is.
+
+    A DataFrame whose columns come in another order would otherwise be read by position: wrong numbers,
+    silently. A named column missing from ``X`` is an error naming it.
+    """
+    given = column_names(X) if names is not None else None
+    if given is None or given == names:
+        return X
+    missing = [n for n in names if n not in set(given)]
+    if missing:
+        raise ValueError(f"X lacks {len(missing)} feature column(s) the model was fitted on: {missing[:5]!r} "
+                         f"(fitted on {len(names)} named columns)")
+    return X.select(names) if _is_arrow(X) else X[names]
+
+
 def as_features(X, *, n_features: int | None = None, name: str = "OpenWorld", device=None) -> tuple[Tensor, InputKind]:
     """Validated float features ``(n, d)`` as a tensor, and the kind of the input.
 
@@ -63,6 +94,7 @@ def as_features(X, *, n_features: int | None = None, name: str = "OpenWorld", de
     """
     if isinstance(X, Tensor):
         kind = InputKind(True, X.device)
+        X = X.detach()  # features, not a graph: a backbone's output called without no_grad is data too
         if X.dim() != 2:
             raise ValueError(
                 f"Expected 2D array, got {X.dim()}D tensor of shape {tuple(X.shape)}. "
@@ -157,6 +189,9 @@ def as_labels(y, n_rows: int) -> np.ndarray:
     )
 
 
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
+
+
 def common_label_type(labels: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``labels`` and ``classes`` (each str or int, as :func:`as_labels` gives) in one type, to compare them.
 
@@ -170,10 +205,11 @@ def common_label_type(labels: np.ndarray, classes: np.ndarray) -> tuple[np.ndarr
     def text(values: np.ndarray) -> np.ndarray:
         if values.dtype.kind != "U":
             return values.astype(str)
-        stripped = np.char.strip(values)
-        whole = np.char.isdigit(np.char.lstrip(stripped, "+-")) & (np.char.str_len(stripped) > 0)
+        # ASCII digits only: str.isdigit also holds for "²" and "①", which int() refuses (or reads as another digit)
         out = values.astype(object)
-        out[whole] = [str(int(v)) for v in stripped[whole]]
+        for i, value in enumerate(values.tolist()):
+            if _INTEGER_TEXT.fullmatch(value.strip()):
+                out[i] = str(int(value))
         return out.astype(str)
 
     return text(labels), text(classes)

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from openworld.core.covariance import numerically_constant
+
 Tensor = torch.Tensor
 
 KERNEL_DENSITY_ROWS = 4096  # rows in the density; on docs/anomaly.md's tabular sets, 4,096 and 20,000 gave the same mean AUROC
@@ -97,9 +99,13 @@ def feature_moments(weights: Tensor, means: Tensor, scatters: Tensor) -> tuple[T
     mean = (weights @ means) / total
     within = torch.diagonal(scatters, dim1=1, dim2=2).sum(0)
     between = (weights[:, None] * (means - mean) ** 2).sum(0)
-    std = torch.sqrt((within + between).clamp_min(0) / total)
+    variance = (within + between).clamp_min(0) / total
+    std = torch.sqrt(variance)
     top = float(std.max()) if std.numel() else 0.0
-    return mean, std.clamp_min(1e-6 * top if top > 0 else 1.0)
+    # Only features constant up to their own round-off get the floor: a feature a million times narrower
+    # than another is still scaled by its own spread (the density is meant to be free of units).
+    constant = numerically_constant(variance, mean.abs())
+    return mean, torch.where(constant, torch.full_like(std, 1e-6 * top if top > 0 else 1.0), std)
 
 
 def select_bandwidth(scaled: Tensor, weights: Tensor) -> float:

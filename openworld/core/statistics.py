@@ -28,6 +28,7 @@ True
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -469,10 +470,10 @@ def _from_rows_padded(X: Tensor, class_index: Tensor, counts: Tensor, compute: t
         positions = starts[classes, None] + torch.minimum(steps[None, :], (n - 1).clamp_min(0)[:, None])
         positions.clamp_(max=X.shape[0] - 1)  # an empty class may start past the last row
         block = X.index_select(0, order[positions.reshape(-1)]).view(j - k, length, d)
-        padding = (length - n).to(STAT_DTYPE)[:, None]
-        sums = block.sum(1, dtype=STAT_DTYPE) - padding * block[:, -1, :].to(STAT_DTYPE)
-        means = torch.where((n > 0)[:, None], sums / n.clamp_min(1).to(STAT_DTYPE)[:, None], 0.0)
         real = (steps[None, :] < n[:, None])[:, :, None]
+        block.masked_fill_(~real, 0)  # padding adds nothing to the sums (subtracting it after cost small classes digits)
+        sums = block.sum(1, dtype=STAT_DTYPE)
+        means = torch.where((n > 0)[:, None], sums / n.clamp_min(1).to(STAT_DTYPE)[:, None], 0.0)
         R = torch.where(real, block - means[:, None, :].to(compute), 0.0)  # the subtraction in the compute dtype
         del block
         a, b = R[:, :, :h], R[:, :, h:]
@@ -481,12 +482,19 @@ def _from_rows_padded(X: Tensor, class_index: Tensor, counts: Tensor, compute: t
         scatters[:, h:, :h] = scatters[:, :h, h:].transpose(1, 2)
         scatters[:, h:, h:] = torch.bmm(b.transpose(1, 2), b)
         squares = torch.linalg.vector_norm(R, dim=2).square()
+        scale = _power_of_two_above(float(squares.max()) if squares.numel() else 0.0)
         stats.scatters.index_copy_(0, classes, scatters.to(STAT_DTYPE))
-        stats.third_moments.index_copy_(0, classes, torch.bmm(squares[:, None, :], R)[:, 0, :].to(STAT_DTYPE))
+        stats.third_moments.index_copy_(
+            0, classes, torch.bmm((squares / scale)[:, None, :], R)[:, 0, :].to(STAT_DTYPE) * scale)
         stats.fourth_moments.index_copy_(0, classes, (squares.to(STAT_DTYPE) ** 2).sum(1))
         stats.means.index_copy_(0, classes, means)
         k = j
     return stats
+
+
+def _power_of_two_above(top: float) -> float:
+    """A power of two ≥ ``top`` (1 for 0 or non-finite): dividing by it is exact and keeps Σ w‖r‖² r in range."""
+    return 2.0 ** math.ceil(math.log2(top)) if 0.0 < top < math.inf else 1.0
 
 
 def _consecutive_moments(
@@ -520,7 +528,10 @@ def _consecutive_moments(
     sq = torch.linalg.vector_norm(R, dim=1).to(STAT_DTYPE) ** 2
     wsq = sq if weights is None else weights * sq
     weighted = R if weights is None else R * weights.to(compute)[:, None]
-    wsq_c = wsq.to(compute)
+    # Σ w‖r‖² r grows as the cube of the rows' scale and overflows float32 long before the scatters do:
+    # the weights ‖r‖² enter scaled by a power of two (exact), which the float64 result takes back.
+    scale = _power_of_two_above(float(wsq.abs().max()) if wsq.numel() else 0.0)
+    wsq_c = (wsq / scale).to(compute)
     for s, (a, b) in enumerate(runs):
         torch.mm(weighted[a:b].T, R[a:b], out=scatters[s])
         torch.mv(R[a:b].T, wsq_c[a:b], out=third[s])
@@ -528,7 +539,7 @@ def _consecutive_moments(
         weights=totals,
         means=means,
         scatters=scatters,
-        third_moments=third,
+        third_moments=third.to(STAT_DTYPE) * scale,
         fourth_moments=torch.stack([(wsq[a:b] * sq[a:b]).sum() for a, b in runs]),
     )
     return moments if bool(present.all()) else moments.where_empty_zero(~present)
@@ -724,7 +735,8 @@ def _piece_moments(R: np.ndarray, w: np.ndarray | None, scatter: np.ndarray):
     R -= mean.astype(R.dtype)
     sq = np.einsum("ij,ij->i", R, R).astype(np.float64)
     wsq = sq if w is None else w * sq
-    third = (R.T @ wsq.astype(R.dtype)).astype(np.float64)
+    scale = _power_of_two_above(float(np.abs(wsq).max()))  # Σ w‖r‖² r would overflow float32 first
+    third = (R.T @ (wsq / scale).astype(R.dtype)).astype(np.float64) * scale
     if w is None:
         _gram_into(R, scatter)
     elif bool((w >= 0).all()):

@@ -521,7 +521,7 @@ def embed_texts(
     *,
     encoder: Any = None,
     cache_dir: str | os.PathLike | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> np.ndarray:
     """Embed ``n`` strings, caching the ``(n, d)`` float32 result on disk.
 
@@ -532,7 +532,7 @@ def embed_texts(
     and recomputed. ``cache_dir`` defaults to ``default_cache_dir() / "embeddings"``.
 
     ``encoder`` is any object with ``name`` and ``encode(texts) -> (n, d)``; default:
-    a shared :class:`TextEncoder` ((n, 384)).
+    a shared :class:`TextEncoder` ((n, 384)). ``progress`` None: the encoder's own setting.
     """
     items = _check_texts(texts)
     enc = encoder if encoder is not None else _default_encoder()

@@ -596,18 +596,16 @@ def _roc_caption(report: EvaluationReport) -> str:
 
 
 def _nice_ticks(lo: float, hi: float, target: int = 6) -> list[float]:
-    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+    # A span of a few float64 steps (scores equal but for round-off) is one point: a step below the
+    # spacing of floats at lo would never move the value.
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi - lo <= 1e-9 * max(abs(lo), abs(hi)):
         return [lo]
     raw = (hi - lo) / target
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
     first = math.ceil(lo / step - 1e-9) * step
-    ticks = []
-    value = first
-    while value <= hi + step * 1e-9:
-        ticks.append(0.0 if abs(value) < step * 1e-9 else value)
-        value += step
-    return ticks
+    count = math.floor((hi - first) / step + 1e-9) + 1
+    return [0.0 if abs(first + i * step) < step * 1e-9 else first + i * step for i in range(max(count, 0))]
 
 
 def _tick_label(value: float) -> str:

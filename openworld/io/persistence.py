@@ -35,7 +35,8 @@ def model_digest(tensors: dict[str, torch.Tensor], header: dict) -> str:
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        if t.numel():  # an empty tensor has no bytes (and a stride view(uint8) refuses)
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -129,7 +129,9 @@ def _stage_arrays(fit_X, fit_labels, in_X, in_labels, out_X, prefix: str, fit_pr
 EMBED_SECONDS: dict[str, float] = {}  # wall seconds of each embedding call (near 0 when cached)
 FINE_TUNE_SECONDS: dict[str, float] = {}  # wall seconds of each encoder fine-tuning (absent when its weights were kept)
 FINE_TUNE_EPOCHS = 2  # fine_tune_text_encoder's default recipe, fixed before any run (not tuned on these sets)
-FINE_TUNE_THREADS = 2  # fine-tuning and embedding use both cores: their time is not compared with anything
+# Fine-tuning and embedding use both cores (their time is not compared with anything); with other work on
+# the machine, one thread each wastes less (OPENWORLD_FINE_TUNE_THREADS).
+FINE_TUNE_THREADS = int(os.environ.get("OPENWORLD_FINE_TUNE_THREADS", "2"))
 
 
 def _embed_all(texts_by_key: dict[str, list[str]], clock: Clock, what: str) -> dict[str, np.ndarray]:
@@ -813,7 +815,7 @@ def render(work: Path, out: Path, argv: list[str] | None = None) -> str:
     if fine_tune:
         w("The same harness as [benchmarks.md](benchmarks.md) (frozen embeddings, every dataset), on embeddings of the "
           "bundled encoder **fine-tuned on each stage's fit rows** with `openworld.encoders.text.fine_tune_text_encoder`: "
-          "CLINC150 full and the open-set protocols of CLINC150 and HWU64. Every method below sees the same fine-tuned vectors.")
+          + ", ".join(GROUPS[group][0] for group in per_group) + ". Every method below sees the same fine-tuned vectors.")
     else:
         w("The same harness on embeddings of the bundled encoder fine-tuned on the known classes: "
           "[benchmarks-fine-tuned.md](benchmarks-fine-tuned.md) (`make bench-quality-fine-tuned`).")
@@ -842,15 +844,22 @@ def render(work: Path, out: Path, argv: list[str] | None = None) -> str:
     venv, peers = manifest["venv"], manifest.get("bench_env", {})
     if fine_tune:
         tuned_s = manifest.get("steps", {}).get("prepare", {}).get("fine_tune_seconds") or {}
+        n_encoders = sum(1 if t.meta.get("same_fit") else 2 for t in tasks.values())
+        minutes = f"{fine_tune['threads']} thread(s), {sum(tuned_s.values()) / 60:.1f} min"
+        if len(tuned_s) >= n_encoders:
+            provenance = f"All {n_encoders} encoders were fine-tuned in this run ({minutes})."
+        else:
+            provenance = ((f"{len(tuned_s)} of the {n_encoders} encoders were fine-tuned in this run ({minutes}); "
+                           "the others were " if tuned_s else f"All {n_encoders} encoders were ")
+                          + "loaded from the work folder, trained by the same function and recipe earlier or by "
+                          "a parallel process (each is kept under a digest of its rows, labels and recipe, so only "
+                          "the same training is ever reused).")
         w(f"- Text encoder: `{manifest['encoder']}` (the bundled MiniLM, layers 5 and 6 pooled) fine-tuned "
           f"with `fine_tune_text_encoder(texts, labels, epochs={fine_tune['epochs']}, seed=s)` on each stage's fit rows "
           "only, one encoder per stage: CLINC150 full on its `train` rows (seed 0); open-set, per split seed s, the test "
           "stage's on the known intents' training rows and the validation stage's on the held-in rows of the pseudo-known "
           "intents, so no encoder sees a row or an intent its stage treats as unknown. The recipe (cosine-softmax head, "
-          "2 epochs, AdamW 5e-5) was fixed before any run, not tuned on these sets. Fine-tuning ran on "
-          f"{fine_tune['threads']} threads" + (f" and took {sum(tuned_s.values()) / 60:.1f} min of the run "
-          f"({len(tuned_s)} encoders; weights kept in the work folder, so a re-run skips it)" if tuned_s else
-          " (weights from an earlier run, kept in the work folder)"))
+          "2 epochs, AdamW 5e-5) was fixed before any run, not tuned on these sets. " + provenance)
     else:
         w(f"- Text encoder: `{manifest['encoder']}` (openworld's bundled MiniLM, 384-d, unit norm: the mean "
           "pool of the hidden states after `:layers=`, chosen on validation in [text-encoder.md](text-encoder.md); the "

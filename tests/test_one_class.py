@@ -240,3 +240,16 @@ def test_a_trimmed_fit_places_its_working_point_on_the_kept_rows_as_documented()
     assert 0.87 < kept(trimmed) < 0.93
     assert abs(kept(OpenWorld(random_state=0).fit(X)) - 0.95) < 0.01
     assert abs(kept(trimmed.set_working_point(rng.normal(size=(4000, 4)))) - 0.95) < 0.01
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_low_variance_components_of_two_repeated_points_score_as_the_distance_does(dtype):
+    # Ledoit-Wolf shrinks two distinct points by 0 (scikit-learn agrees): the covariance is singular, and
+    # its null space must not be whitened by 1/√tiny (training rows scored −1e276).
+    from sklearn.covariance import ledoit_wolf_shrinkage
+
+    X = np.repeat(np.random.default_rng(0).normal(size=(2, 5)), 30, axis=0)
+    assert ledoit_wolf_shrinkage(X) < 1e-12
+    low = OpenWorld(score="low_variance_mahalanobis", random_state=0).fit(X.astype(dtype)).score_samples(X[:3].astype(dtype))
+    plain = OpenWorld(score="mahalanobis", random_state=0).fit(X).score_samples(X[:3])
+    np.testing.assert_allclose(low, plain, rtol=1e-3)

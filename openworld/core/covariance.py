@@ -178,7 +178,10 @@ def low_variance_basis(covariance: Tensor, dropped_variance: float) -> tuple[Ten
     least one component is always kept).
     """
     eigenvalues, vectors = torch.linalg.eigh(covariance)
-    eigenvalues = torch.clamp(eigenvalues, min=torch.finfo(covariance.dtype).tiny)
+    # A singular covariance (Ledoit-Wolf shrinks two distinct points by 0) gets the floor of the smallest ridge
+    # the Cholesky whitener would add (1e-10 of the mean variance): not 1/√tiny ≈ 1e154 along its null space.
+    scale = float(eigenvalues.clamp(min=0).mean())
+    eigenvalues = torch.clamp(eigenvalues, min=max(1e-10 * scale, torch.finfo(covariance.dtype).tiny) if scale > 0 else 1.0)
     leading_share = torch.cumsum(eigenvalues.flip(0), 0) / eigenvalues.sum()
     n_dropped = min(int((leading_share <= dropped_variance).sum()), covariance.shape[0] - 1)
     kept = covariance.shape[0] - n_dropped  # eigh sorts ascending: the first `kept` are the smallest

@@ -432,9 +432,11 @@ def render(rows: list[dict], validation: list[dict], scale: dict | None, argv: l
         "of new classes estimated; metrics on the test rows: clustering accuracy under one Hungarian matching over "
         "all classes (then on rows of known / new classes), NMI, ARI. Mean ± std over seeds 0–2. Settings of "
         "`discover` were chosen on CLINC150 train + val rows, and are checked on HWU64's and MNIST-5k's training rows "
-        "(tables at the end): two candidates, between which "
+        + ("(on the frozen encoder's vectors; tables in [discovery.md](discovery.md), not chosen again here)"
+           if fine_tuned else "(tables at the end)") + ": two candidates, between which "
         "`discover` picks on each call by how well it rediscovers a quarter of the known classes hidden from a copy "
-        "of the model. **Not clean of the test split:** " + PROVENANCE + ".", "",
+        "of the model. **Not clean of the test split:** "
+        + (PROVENANCE.replace("table below", "table in discovery.md") if fine_tuned else PROVENANCE) + ".", "",
         "| dataset | method | ACC | ACC known | ACC new | NMI | ARI | new classes found (true) | seconds |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]

@@ -199,6 +199,9 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         state, sample, n_features, unlabelled = None, RowSample(WORKING_POINT_ROWS), None, None
         names = None  # the first chunk's column names, if it has any: later chunks are read by them
         for number, batch in enumerate(batches):
+            if not isinstance(batch, (tuple, list)) or not 1 <= len(batch) <= 3:
+                raise ValueError(f"chunk {number}: expected (X,), (X, y) or (X, y, sample_weight), got "
+                                 f"{type(batch).__name__}" + (f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else ""))
             X, y, sample_weight = tuple(batch) + (None,) * (3 - len(batch))
             try:
                 if chunked and (X.shape[0] if hasattr(X, "shape") else len(X)) == 0:

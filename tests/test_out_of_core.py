@@ -144,3 +144,18 @@ def test_chunks_of_no_rows_are_skipped_and_unlabelled_chunks_cannot_mix_with_lab
         OpenWorld().fit_batches([(X[:100], y[:100]), (X[100:200], None)])
     with pytest.raises(ValueError, match=r"^Input contains NaN"):  # one fit names no chunk
         OpenWorld().fit(np.full((3, 2), np.nan))
+
+
+def test_errors_name_the_chunk_and_the_row():
+    rng = np.random.default_rng(0)
+    X, y, w = rng.normal(size=(10, 3)), np.repeat([0.0, 1.0], 5), np.ones(10)
+    bad_label, bad_weight = y.copy(), w.copy()
+    bad_label[7], bad_weight[7] = np.nan, np.nan
+    for chunks, message in [
+        ([(X, y), (X, bad_label)], r"chunk 1: y contains NaN .*row 7"),
+        ([(X, y, w), (X, y, bad_weight)], r"chunk 1: sample_weight .*row 7"),
+        ([(X, y), (X, y, w, w)], r"chunk 1: expected \(X,\), \(X, y\) or \(X, y, sample_weight\), got tuple of 4"),
+        ([(X, y), None], r"chunk 1: expected .* got NoneType"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            OpenWorld().fit_batches(chunks)

@@ -181,7 +181,10 @@ def as_labels(y, n_rows: int) -> np.ndarray:
         raise ValueError("Unknown label type: bool. Labels must be str or int class names.")
     if y.dtype.kind in "iu":
         return y.astype(np.int64, copy=False)
-    if y.dtype.kind == "f" and np.isfinite(y).all() and type_of_target(y) in ("binary", "multiclass"):
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        bad = np.flatnonzero(~np.isfinite(y))
+        raise ValueError(f"y contains NaN or infinity in {bad.size} row(s) (first: row {bad[0]}): every row needs a class")
+    if y.dtype.kind == "f" and type_of_target(y) in ("binary", "multiclass"):
         return y.astype(np.int64)  # integral floats such as 0.0 / 1.0 are class ids
     raise ValueError(
         f"Unknown label type: {type_of_target(y) if y.dtype.kind in 'fb' else y.dtype}. "
@@ -227,7 +230,9 @@ def as_weights(sample_weight, n_rows: int, device, part_of_more: bool = False) -
     if w.dim() != 1 or w.shape[0] != n_rows:
         raise ValueError(f"sample_weight must have shape ({n_rows},), got {tuple(w.shape)}")
     if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
-        raise ValueError("sample_weight must be finite and non-negative")
+        bad = (~torch.isfinite(w) | (w < 0)).nonzero().flatten()
+        raise ValueError(f"sample_weight must be finite and non-negative: {bad.numel()} row(s) are not "
+                         f"(first: row {int(bad[0])}, {float(w[bad[0]])})")
     if not part_of_more and float(w.sum()) <= 0:
         raise ValueError("sample_weight is zero for every row: no row carries any weight")
     return w

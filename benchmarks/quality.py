@@ -845,7 +845,8 @@ def render(work: Path, out: Path, argv: list[str] | None = None) -> str:
     if fine_tune:
         tuned_s = manifest.get("steps", {}).get("prepare", {}).get("fine_tune_seconds") or {}
         n_encoders = sum(1 if t.meta.get("same_fit") else 2 for t in tasks.values())
-        minutes = f"{fine_tune['threads']} thread(s), {sum(tuned_s.values()) / 60:.1f} min"
+        minutes = (f"{fine_tune['threads']} thread(s), {sum(tuned_s.values()) / 60:.1f} min: "
+                   + ", ".join(f"{key} {seconds:.0f} s" for key, seconds in tuned_s.items()))
         if len(tuned_s) >= n_encoders:
             provenance = f"All {n_encoders} encoders were fine-tuned in this run ({minutes})."
         else:

@@ -60,13 +60,12 @@ class LabelledStatistics:
         new = np.array([label for label in other.labels.tolist() if label not in known])
         labels = np.concatenate([self.labels, new]) if new.size else self.labels
         position = {label: i for i, label in enumerate(labels.tolist())}
-        mine = self.statistics.padded(labels.size)
-        # Place other's classes at their positions: append an empty class and point the rest at it.
-        theirs = other.statistics.to(mine.device).padded(other.labels.size + 1)
-        source = np.full(labels.size, other.labels.size)
-        for j, label in enumerate(other.labels.tolist()):
-            source[position[label]] = j
-        return LabelledStatistics(labels, mine.merge(theirs.select(source.tolist())))
+        mine = self.statistics.padded(labels.size) if new.size else self.statistics
+        # Only the classes ``other`` holds are combined (c of them, not all C: a chunk of a few classes
+        # costs no (C, d, d) temporaries), then written over one copy of the rest.
+        index = [position[label] for label in other.labels.tolist()]
+        combined = mine.select(index).merge(other.statistics.to(mine.device))
+        return LabelledStatistics(labels, mine.replaced(index, combined, in_place=bool(new.size)))
 
     def sorted(self) -> LabelledStatistics:
         """Classes in sorted label order (the order of ``classes_``)."""

@@ -391,6 +391,13 @@ class ClassStatistics:
         index = torch.as_tensor(index, dtype=torch.long, device=self.device)
         return ClassStatistics(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
+    def replaced(self, index: list[int], part: ClassStatistics, in_place: bool = False) -> ClassStatistics:
+        """These statistics with the classes at ``index`` replaced by ``part``'s, in that order; ``in_place``
+        writes into these tensors (only for statistics no one else holds, e.g. a fresh ``padded`` copy)."""
+        index = torch.as_tensor(index, dtype=torch.long, device=self.device)
+        copy = (lambda name: getattr(self, name)) if in_place else (lambda name: getattr(self, name).clone())
+        return ClassStatistics(**{f.name: copy(f.name).index_copy_(0, index, getattr(part, f.name)) for f in fields(self)})
+
     def padded(self, n_classes: int) -> ClassStatistics:
         """The same classes followed by empty ones up to ``n_classes`` (for classes new to a model)."""
         extra = ClassStatistics.zeros(n_classes - self.n_classes, self.n_features, self.device)

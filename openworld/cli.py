@@ -1,8 +1,9 @@
-"""The ``openworld`` command line: demo, embed, fit, score, discover, eval.
+"""The ``openworld`` command line: demo, fine-tune, embed, fit, score, discover, eval.
 
 Tables are .npy/.npz, Parquet or CSV holding a vector column, numeric
-feature columns, or a text column (embedded with the bundled sentence model;
-the model remembers that, so ``score`` embeds text the same way).
+feature columns, or a text column (embedded with the bundled sentence model,
+or with a fine-tuned one given by ``--encoder FILE``; the model remembers
+which, so ``score`` embeds text the same way).
 """
 
 from __future__ import annotations
@@ -39,23 +40,40 @@ def _parse_shrinkage(value: str):
         _fail(f"--shrinkage must be auto, oas, none or a number in [0, 1], got {value!r}")
 
 
+def _text_encoder(encoder_file: Optional[Path], encoder_name: Optional[str], progress: bool, **options):
+    """The encoder that embeds text: the fine-tuned one saved in ``encoder_file``, else the one named
+    ``encoder_name`` (a saved model's ``embedding_model_``), else the bundled default."""
+    from openworld.encoders.text import TextEncoder, is_fine_tuned_name
+
+    if encoder_file is not None:
+        return TextEncoder.load(encoder_file, progress=progress, **options)
+    if encoder_name is None:
+        return TextEncoder(progress=progress, **options)
+    if is_fine_tuned_name(encoder_name):
+        raise ValueError(f"the model was fitted on text embedded by the fine-tuned encoder {encoder_name!r}: "
+                         "give its file with --encoder FILE (or score vectors)")
+    return TextEncoder.from_name(encoder_name, progress=progress, **options)
+
+
 def _features(path: Path, vectors: Optional[str], text: Optional[str], labels: Optional[str], progress: bool,
-              encoder_name: Optional[str] = None, columns=None):
-    """(X, labels, encoder name or None) from a table; text is embedded (cached) by the encoder named
-    ``encoder_name`` (a saved model's ``embedding_model_``; None: the default encoder). ``columns``: the
-    feature columns a saved model was fitted on, taken by name."""
+              encoder_name: Optional[str] = None, columns=None, encoder_file: Optional[Path] = None):
+    """(X, labels, encoder name or None) from a table; text is embedded (cached) by the encoder of
+    ``_text_encoder``. ``columns``: the feature columns a saved model was fitted on, taken by name."""
     from openworld.io.tables import read_table
 
     table = read_table(path, vector_column=vectors, text_column=text, label_column=labels, feature_columns=columns)
     if table.vectors is not None:
+        if encoder_file is not None:
+            raise ValueError(f"--encoder embeds text, but {path} holds vectors")
         return table.vectors, table.labels, None
-    from openworld.encoders.text import TextEncoder, embed_texts
+    from openworld.encoders.text import embed_texts
 
-    encoder = TextEncoder(progress=progress) if encoder_name is None else TextEncoder.from_name(encoder_name, progress=progress)
+    encoder = _text_encoder(encoder_file, encoder_name, progress)
     return embed_texts(table.texts, encoder=encoder, progress=progress), table.labels, encoder.name
 
 
-def _model_and_features(model_path: Path, data: Path, vectors, text, labels, progress: bool, device=None):
+def _model_and_features(model_path: Path, data: Path, vectors, text, labels, progress: bool, device=None,
+                        encoder_file: Optional[Path] = None):
     """(model, X, labels) for a saved model and a table, text embedded as the model's was; failures exit.
 
     The model computes on ``device`` (None: the CPU).
@@ -64,7 +82,8 @@ def _model_and_features(model_path: Path, data: Path, vectors, text, labels, pro
 
     try:
         model = OpenWorld.load(model_path, device=device)
-        X, y, encoder = _features(data, vectors, text, labels, progress, model.embedding_model_, model.feature_columns_)
+        X, y, encoder = _features(data, vectors, text, labels, progress, model.embedding_model_, model.feature_columns_,
+                                  encoder_file)
     except (ValueError, FileNotFoundError, ImportError) as error:
         _fail(str(error))
     if encoder is not None and model.embedding_model_ != encoder:
@@ -137,6 +156,42 @@ def demo(
         json_out.write_text(json.dumps(report.as_dict(), indent=2))
 
 
+@app.command("fine-tune")
+def fine_tune(
+    data: Path = typer.Argument(..., help="Labelled table with a text column (.parquet, .csv, .npz): the known classes."),
+    output: Path = typer.Option(..., "-o", "--output", help="Encoder file to write (.safetensors)."),
+    text: Optional[str] = typer.Option(None, help="Text column (default: text/sentence/utterance)."),
+    labels: Optional[str] = typer.Option(None, help="Label column (default: label/y)."),
+    epochs: int = typer.Option(2, help="Passes over the rows."),
+    batch_size: int = typer.Option(32, help="Texts per training step."),
+    learning_rate: float = typer.Option(5e-5, help="AdamW's learning rate for the encoder."),
+    seed: int = typer.Option(0, help="Seed of the head's start, the shuffling and dropout."),
+    threads: Optional[int] = typer.Option(None, help="torch threads while training (default: torch's)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+):
+    """Fine-tune the bundled text encoder on labelled texts and save it; pass it to the other commands with --encoder."""
+    from openworld.encoders.text import fine_tune_text_encoder
+    from openworld.io.tables import read_table
+
+    _check_output(output)
+    try:
+        table = read_table(data, text_column=text, label_column=labels)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        _fail(str(error))
+    if table.texts is None:
+        _fail(f"{data} has no text column to fine-tune on (name it with --text)")
+    if table.labels is None:
+        _fail(f"{data} has no label column (name it with --labels): fine-tuning learns the labelled classes")
+    try:
+        encoder = fine_tune_text_encoder(table.texts, table.labels, epochs=epochs, batch_size=batch_size,
+                                         learning_rate=learning_rate, seed=seed, num_threads=threads, progress=progress)
+        encoder.save(output)
+    except (ValueError, TypeError) as error:
+        _fail(str(error))
+    console.print(f"fine-tuned on {len(table.texts)} texts of {np.unique(table.labels).size} classes; wrote {output} "
+                  f"({encoder.name})")
+
+
 @app.command()
 def embed(
     data: Path = typer.Argument(..., help="Table with a text column (.parquet, .csv, .npz)."),
@@ -144,12 +199,16 @@ def embed(
     text: Optional[str] = typer.Option(None, help="Text column (default: text/sentence/utterance)."),
     labels: Optional[str] = typer.Option(None, help="Label column to carry over (default: label/y if present)."),
     batch_size: int = typer.Option(64, help="Sentences per forward pass."),
-    layers: str = typer.Option(
-        ",".join(map(str, DEFAULT_LAYERS)), help="Hidden states to pool, comma-separated (0 = token embeddings, 6 = last; 6 alone = sentence-transformers' vectors)."
+    layers: Optional[str] = typer.Option(
+        None, help="Hidden states to pool, comma-separated (0 = token embeddings, 6 = last; 6 alone = sentence-transformers' "
+        f"vectors; default {','.join(map(str, DEFAULT_LAYERS))}; a fine-tuned encoder keeps its own)."
+    ),
+    encoder_file: Optional[Path] = typer.Option(
+        None, "--encoder", help="Fine-tuned text encoder file (from `openworld fine-tune`) that embeds the text."
     ),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
-    """Embed a text column with all-MiniLM-L6-v2 (offline, cached) and write an `embedding` column."""
+    """Embed a text column with all-MiniLM-L6-v2 (offline, cached), or a fine-tuned copy, and write an `embedding` column."""
     from openworld.encoders.text import TextEncoder, embed_texts
     from openworld.io.tables import read_table, write_table
 
@@ -157,10 +216,19 @@ def embed(
 
     if batch_size < 1:
         _fail(f"--batch-size must be a positive number of sentences, got {batch_size}")
-    try:
-        encoder = TextEncoder(batch_size=batch_size, progress=progress, layers=[int(part) for part in layers.split(",")])
-    except ValueError:
-        _fail(f"--layers must be comma-separated distinct hidden states in 0..6 (e.g. 5,6 or 6), got {layers!r}")
+    if encoder_file is not None:
+        if layers is not None:
+            _fail("--layers is fixed by the fine-tuned encoder given with --encoder: give one or the other")
+        try:
+            encoder = TextEncoder.load(encoder_file, batch_size=batch_size, progress=progress)
+        except (ValueError, FileNotFoundError) as error:
+            _fail(str(error))
+    else:
+        spelled = layers or ",".join(map(str, DEFAULT_LAYERS))
+        try:
+            encoder = TextEncoder(batch_size=batch_size, progress=progress, layers=[int(part) for part in spelled.split(",")])
+        except ValueError:
+            _fail(f"--layers must be comma-separated distinct hidden states in 0..6 (e.g. 5,6 or 6), got {layers!r}")
     try:
         table = read_table(data, text_column=text, label_column=labels)
     except (ValueError, FileNotFoundError, ImportError) as error:
@@ -182,6 +250,9 @@ def fit(
     labels: Optional[str] = typer.Option(None, help="Label column (default: label/y; none = one-class model)."),
     vectors: Optional[str] = typer.Option(None, help="Vector column (default: auto-detected)."),
     text: Optional[str] = typer.Option(None, help="Text column to embed instead of vectors."),
+    encoder_file: Optional[Path] = typer.Option(
+        None, "--encoder", help="Fine-tuned text encoder file (from `openworld fine-tune`) that embeds the text."
+    ),
     covariance: str = typer.Option("tied", help="tied | full | diag"),
     shrinkage: str = typer.Option("auto", help="auto (Ledoit-Wolf) | oas | none | a number in [0, 1]"),
     score: str = typer.Option("auto", help="auto | mahalanobis | relative_mahalanobis | likelihood | low_variance_mahalanobis | covariance_ensemble | kernel_density"),
@@ -213,17 +284,18 @@ def fit(
             working_point=working_point,
             device=device,
         )
-        batches = _vector_batches(data, vectors, labels) if text is None and not contamination else None
+        streamed = text is None and encoder_file is None and not contamination
+        batches = _vector_batches(data, vectors, labels) if streamed else None
         if batches is not None:
             encoder = None
             model.fit_batches(_with_progress(batches, progress))
         else:
-            X, y, encoder = _features(data, vectors, text, labels, progress)
+            X, y, encoder = _features(data, vectors, text, labels, progress, encoder_file=encoder_file)
             model.fit(X, y)
         from openworld.io.tables import feature_columns
 
         # named feature columns are matched by name when the model scores another file
-        columns = () if text is not None else feature_columns(data, vector_column=vectors, label_column=labels)
+        columns = () if encoder is not None else feature_columns(data, vector_column=vectors, label_column=labels)
     except (ValueError, FileNotFoundError, ImportError) as error:
         _fail(str(error))
     model.embedding_model_ = encoder
@@ -251,13 +323,16 @@ def score_command(
     labels: Optional[str] = typer.Option(None, help="Label column, if present, to report accuracy."),
     vectors: Optional[str] = typer.Option(None, help="Vector column (default: auto-detected)."),
     text: Optional[str] = typer.Option(None, help="Text column to embed instead of vectors."),
+    encoder_file: Optional[Path] = typer.Option(
+        None, "--encoder", help="Fine-tuned text encoder file (from `openworld fine-tune`) that embeds the text."
+    ),
     proba: bool = typer.Option(False, help="Also write the posterior of every class (a vector column)."),
     device: Optional[str] = typer.Option(None, help="Where to compute: cpu (default) | cuda | cuda:<n>."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """Predict labels (or unknown), OOD scores and confidences for every row."""
     _check_output(output, table=True)
-    model, X, y = _model_and_features(model_path, data, vectors, text, labels, progress, device)
+    model, X, y = _model_and_features(model_path, data, vectors, text, labels, progress, device, encoder_file)
     try:
         posteriors = model.predict_proba(X)
         predictions = model.predict(X)
@@ -297,6 +372,9 @@ def discover_command(
     report: Optional[Path] = typer.Option(None, help="Write an HTML page: a 2-D projection coloured by cluster."),
     vectors: Optional[str] = typer.Option(None, help="Vector column (default: auto-detected)."),
     text: Optional[str] = typer.Option(None, help="Text column to embed instead of vectors."),
+    encoder_file: Optional[Path] = typer.Option(
+        None, "--encoder", help="Fine-tuned text encoder file (from `openworld fine-tune`) that embeds the text."
+    ),
     device: Optional[str] = typer.Option(None, help="Where to compute: cpu (default) | cuda | cuda:<n>."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
@@ -309,7 +387,7 @@ def discover_command(
     _check_output(output, table=True)
     _check_output(report)
     _check_output(adopt)
-    model, X, _ = _model_and_features(model_path, data, vectors, text, None, progress, device)
+    model, X, _ = _model_and_features(model_path, data, vectors, text, None, progress, device, encoder_file)
     try:
         with console.status("discovering new classes"):
             result = model.discover(X, n_new=count)
@@ -400,6 +478,9 @@ def eval_command(
     labels: Optional[str] = typer.Option(None, help="Label column (default: label/y)."),
     vectors: Optional[str] = typer.Option(None, help="Vector column (default: auto-detected)."),
     text: Optional[str] = typer.Option(None, help="Text column to embed instead of vectors."),
+    encoder_file: Optional[Path] = typer.Option(
+        None, "--encoder", help="Fine-tuned text encoder file (from `openworld fine-tune`) that embeds the text."
+    ),
     ood_label: Optional[list[str]] = typer.Option(
         None, "--ood-label", help="Label of out-of-distribution rows (repeatable). Default: every label the model does not know."
     ),
@@ -418,7 +499,8 @@ def eval_command(
         _check_output(path)
     if anomaly_column is not None and (labels is not None or ood_label):
         _fail("--anomaly-column replaces --labels and --ood-label: give one or the other")
-    model, X, y = _model_and_features(model_path, data, vectors, text, anomaly_column or labels, progress, device)
+    model, X, y = _model_and_features(model_path, data, vectors, text, anomaly_column or labels, progress, device,
+                                      encoder_file)
     if y is None:
         _fail(f"{data} has no label column (name it with --labels): evaluation needs the true labels")
     try:

@@ -135,6 +135,58 @@ def test_text_is_embedded_as_the_saved_models_was(tmp_path):
     assert result.exit_code == 2 and "--layers must be" in " ".join(result.output.split())
 
 
+def test_fine_tuned_encoder_end_to_end_matches_the_python_api(tmp_path, model_deps):
+    """fine-tune → embed / fit / score with --encoder give what the Python API gives with the loaded
+    encoder; a model fitted on fine-tuned text refuses text without its encoder file, and wrong uses are named."""
+    texts = ["book a flight to paris", "fly me to rome", "a plane ticket to oslo", "what is my balance",
+             "how much money do i have", "show my account balance"]
+    labels = ["travel"] * 3 + ["bank"] * 3
+    write_table(tmp_path / "t.csv", {"text": np.array(texts), "label": np.array(labels)})
+    env = {"OPENWORLD_CACHE": str(tmp_path / "cache")}
+    encoder_file = tmp_path / "enc.safetensors"
+    result = runner.invoke(app, ["fine-tune", str(tmp_path / "t.csv"), "-o", str(encoder_file), "--epochs", "1",
+                                 "--threads", "1", "--no-progress"], env=env)
+    assert result.exit_code == 0, result.output
+    encoder = TextEncoder.load(encoder_file, progress=False)
+    reference_vectors = encoder.encode(texts)
+    assert not np.allclose(reference_vectors, TextEncoder(progress=False).encode(texts), atol=1e-4)  # it did train
+
+    result = runner.invoke(app, ["embed", str(tmp_path / "t.csv"), "-o", str(tmp_path / "v.npz"), "--encoder",
+                                 str(encoder_file), "--no-progress"], env=env)
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(np.load(tmp_path / "v.npz")["embedding"], reference_vectors, atol=1e-5)
+
+    result = runner.invoke(app, ["fit", str(tmp_path / "t.csv"), "-o", str(tmp_path / "m.safetensors"), "--encoder",
+                                 str(encoder_file), "--no-reject", "--no-progress"], env=env)
+    assert result.exit_code == 0, result.output
+    assert OpenWorld.load(tmp_path / "m.safetensors").embedding_model_ == encoder.name
+    result = runner.invoke(app, ["score", str(tmp_path / "m.safetensors"), str(tmp_path / "t.csv"), "-o",
+                                 str(tmp_path / "o.parquet"), "--encoder", str(encoder_file), "--no-progress"], env=env)
+    assert result.exit_code == 0, result.output
+    reference = OpenWorld(random_state=0, target_tpr=None).fit(reference_vectors, labels)
+    np.testing.assert_allclose(pq.read_table(tmp_path / "o.parquet").column("score").to_numpy(),
+                               reference.score_samples(reference_vectors), rtol=1e-4, atol=1e-4)
+
+    def fails(args, words):
+        result = runner.invoke(app, args, env=env)
+        assert result.exit_code == 2 and words in " ".join(result.output.split()), result.output
+
+    fails(["score", str(tmp_path / "m.safetensors"), str(tmp_path / "t.csv"), "-o", str(tmp_path / "p.parquet")],
+          "give its file with --encoder")
+    fails(["embed", str(tmp_path / "t.csv"), "-o", str(tmp_path / "w.npz"), "--encoder", str(encoder_file), "--layers", "6"],
+          "--layers is fixed by the fine-tuned encoder")
+    fails(["fine-tune", str(tmp_path / "t.csv"), "-o", str(tmp_path / "e2.safetensors"), "--epochs", "0"],
+          "epochs must be a positive int")
+    write_table(tmp_path / "unlabelled.csv", {"text": np.array(texts)})
+    fails(["fine-tune", str(tmp_path / "unlabelled.csv"), "-o", str(tmp_path / "e3.safetensors")], "has no label column")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a model")
+    fails(["embed", str(tmp_path / "t.csv"), "-o", str(tmp_path / "x.npz"), "--encoder", str(tmp_path / "junk.safetensors")],
+          "not a readable safetensors file")
+    np.save(tmp_path / "vectors.npy", reference_vectors)
+    fails(["fit", str(tmp_path / "vectors.npy"), "-o", str(tmp_path / "m3.safetensors"), "--encoder", str(encoder_file)],
+          "holds vectors")
+
+
 def test_demo_json_report(tmp_path, monkeypatch):
     """The demo's report is wired to the real pipeline; the embedding step is replaced by a fast stand-in."""
     import openworld.encoders.text as text

@@ -88,6 +88,11 @@ def _check_texts(texts: Any) -> list[str]:
     return [str(t) for t in items]  # np.str_ -> str
 
 
+def is_fine_tuned_name(name: str) -> bool:
+    """Whether an encoder name (a model's ``embedding_model_``) names a fine-tuned encoder, whose weights live in a file."""
+    return _FINE_TUNED in name
+
+
 class TextEncoder:
     """Embed strings as unit-norm 384-d vectors with sentence-transformers/all-MiniLM-L6-v2.
 
@@ -135,7 +140,7 @@ class TextEncoder:
     @classmethod
     def from_name(cls, name: str, **options) -> TextEncoder:
         """The encoder whose :attr:`name` is ``name`` (to embed text as a saved model's was)."""
-        if _FINE_TUNED in name:
+        if is_fine_tuned_name(name):
             raise ValueError(f"{name!r} names a fine-tuned encoder: its weights are not in the package; "
                              "load them with TextEncoder.load(path), or pass vectors instead of text")
         if name == _MODEL_NAME:

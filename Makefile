@@ -58,6 +58,12 @@ bench-anomaly: $(BIN)/.bench-installed
 
 # An oracle upper bound on the MVTec-AD embeddings (every setting, the best per category chosen on the test
 # anomalies on purpose): regenerates docs/anomaly-ceiling.md (a few minutes).
+# Peak memory of a streamed fit (fit_batches) against fit, relative to the statistics' size:
+# regenerates docs/streaming-memory.md (under a minute).
+.PHONY: bench-streaming-memory
+bench-streaming-memory: $(BIN)/.installed
+	$(BIN)/python benchmarks/streaming_memory.py --out docs/streaming-memory.md
+
 .PHONY: bench-anomaly-ceiling
 bench-anomaly-ceiling: $(BIN)/.bench-installed
 	$(BIN)/python benchmarks/anomaly_ceiling.py --out docs/anomaly-ceiling.md

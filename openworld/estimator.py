@@ -217,7 +217,8 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
                 labels = self._labels_or_one_class(y, X.shape[0]) if labels is None else labels
                 weights = as_weights(sample_weight, X.shape[0], X.device, part_of_more=chunked)
                 part = LabelledStatistics.from_rows(X, labels, weights)
-                state = part if state is None else state.merge(part)  # refuses a change of label type
+                # the running state is this loop's own: merged in place (refuses a change of label type)
+                state = part if state is None else state.merge(part, in_place=True)
             except ValueError as error:
                 raise ValueError(f"chunk {number}: {error}" if chunked else str(error)) from None
             n_features = X.shape[1]

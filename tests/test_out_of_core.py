@@ -159,3 +159,43 @@ def test_errors_name_the_chunk_and_the_row():
     ]:
         with pytest.raises(ValueError, match=message):
             OpenWorld().fit_batches(chunks)
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_merging_chunk_states_equals_the_statistics_of_all_rows(in_place):
+    """LabelledStatistics.merge, in place or not, against from_rows of the union (float64 sums of every row):
+    chunks holding every class, a few classes out of order, and classes new to the state; the chunk merged in
+    is never written, nor is the state when not in place."""
+    import torch
+
+    from openworld.core.accumulator import LabelledStatistics
+
+    rng = np.random.default_rng(4)
+    X = torch.as_tensor(rng.normal(size=(400, 5)) * 3 + 1)
+    y = rng.choice(np.array(["a", "b", "c", "d", "e"]), 400)
+    y[:220] = rng.choice(np.array(["a", "b", "c"]), 220)  # d and e first appear in a later chunk
+    chunks = [slice(0, 100), slice(100, 220), slice(220, 260), slice(260, 400)]
+    chunks_labels = [LabelledStatistics.from_rows(X[c], y[c]) for c in chunks]
+    last = LabelledStatistics.from_rows(X[260:400][y[260:400] == "b"], y[260:400][y[260:400] == "b"])
+    states = [*chunks_labels, last]  # the last: one class, not first in the state's order
+    reference = LabelledStatistics.from_rows(torch.cat([X, X[260:400][y[260:400] == "b"]]),
+                                             np.concatenate([y, y[260:400][y[260:400] == "b"]])).sorted()
+    state = states[0]
+    for part in states[1:]:
+        before_part = {k: v.clone() for k, v in part.statistics.as_dict().items()}
+        before_state = {k: v.clone() for k, v in state.statistics.as_dict().items()}
+        merged = state.merge(part, in_place=in_place)
+        for key, value in part.statistics.as_dict().items():
+            assert torch.equal(value, before_part[key]), key
+        if not in_place:
+            for key, value in state.statistics.as_dict().items():
+                assert torch.equal(value, before_state[key]), key
+        else:  # a state written over keeps no stale cached sum of its scatters
+            torch.testing.assert_close(state.statistics.pooled_within()[0], state.statistics.scatters.sum(0))
+        state = merged
+    state = state.sorted()
+    assert state.labels.tolist() == reference.labels.tolist()
+    for key, value in reference.statistics.as_dict().items():
+        torch.testing.assert_close(state.statistics.as_dict()[key], value, rtol=1e-10, atol=1e-9)
+    torch.testing.assert_close(state.statistics.pooled_within()[0], reference.statistics.scatters.sum(0),
+                               rtol=1e-10, atol=1e-9)  # no stale cached sum of the scatters

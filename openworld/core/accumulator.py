@@ -48,8 +48,13 @@ class LabelledStatistics:
             index = torch.as_tensor(index, device=X.device)
         return cls(classes, ClassStatistics.from_rows(X, index, classes.size, sample_weight))
 
-    def merge(self, other: LabelledStatistics) -> LabelledStatistics:
-        """Both row sets' statistics; labels of ``other`` not seen yet are appended."""
+    def merge(self, other: LabelledStatistics, in_place: bool = False) -> LabelledStatistics:
+        """Both row sets' statistics; labels of ``other`` not seen yet are appended.
+
+        ``in_place``: this state's tensors are written over (a stream's running
+        state that no one else holds), which keeps a streamed fit's peak near one
+        copy of the statistics plus the chunk's.
+        """
         if other.statistics.n_features != self.statistics.n_features:
             raise ValueError(
                 f"cannot merge statistics of {other.statistics.n_features} features into {self.statistics.n_features}"
@@ -61,11 +66,15 @@ class LabelledStatistics:
         labels = np.concatenate([self.labels, new]) if new.size else self.labels
         position = {label: i for i, label in enumerate(labels.tolist())}
         mine = self.statistics.padded(labels.size) if new.size else self.statistics
-        # Only the classes ``other`` holds are combined (c of them, not all C: a chunk of a few classes
-        # costs no (C, d, d) temporaries), then written over one copy of the rest.
+        fresh = in_place or bool(new.size)  # ``mine`` may be written over
         index = [position[label] for label in other.labels.tolist()]
-        combined = mine.select(index).merge(other.statistics.to(mine.device))
-        return LabelledStatistics(labels, mine.replaced(index, combined, in_place=bool(new.size)))
+        theirs = other.statistics.to(mine.device)
+        if fresh and index == list(range(labels.size)):  # the chunk holds every class, in order: merge straight in
+            return LabelledStatistics(labels, mine.merge(theirs, in_place=True))
+        # Only the classes ``other`` holds are combined (c of them, not all C: a chunk of a few classes
+        # costs no (C, d, d) temporaries), then written over ``mine`` (or over one copy of it).
+        combined = mine.select(index).merge(theirs, in_place=True)  # the selection is a fresh copy
+        return LabelledStatistics(labels, mine.replaced(index, combined, in_place=fresh))
 
     def sorted(self) -> LabelledStatistics:
         """Classes in sorted label order (the order of ``classes_``)."""

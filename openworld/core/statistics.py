@@ -231,7 +231,7 @@ class ClassStatistics:
         )
         return third, fourth
 
-    def _combine(self, other: ClassStatistics, sign: float) -> ClassStatistics:
+    def _combine(self, other: ClassStatistics, sign: float, in_place: bool = False) -> ClassStatistics:
         if other.means.shape != self.means.shape:
             raise ValueError(
                 f"cannot combine statistics of shape {tuple(other.means.shape)} "
@@ -254,7 +254,12 @@ class ClassStatistics:
         # S_a + W_a δ_a δ_aᵀ ± (S_b + W_b δ_b δ_bᵀ): one pass for the sum, one rank-2 update in place
         # (C·d² memory traffic dominates merging; no (C, d, d) temporaries beyond the result).
         left = torch.stack([self.weights[:, None] * delta_a, sign * other.weights[:, None] * delta_b], dim=2)
-        scatters = torch.add(self.scatters, other.scatters, alpha=sign).baddbmm_(left, torch.stack([delta_a, delta_b], 1))
+        if in_place:  # into these scatters (read above for the higher moments, not after): no (C, d, d) result
+            self.__dict__.pop("_pooled", None)  # their cached sum would go stale
+            scatters = self.scatters.add_(other.scatters, alpha=sign)
+        else:
+            scatters = torch.add(self.scatters, other.scatters, alpha=sign)
+        scatters.baddbmm_(left, torch.stack([delta_a, delta_b], 1))
         empty = weights <= 0
         result = ClassStatistics(
             weights=weights,
@@ -359,15 +364,21 @@ class ClassStatistics:
     def _pooled_scatter(self) -> Tensor:
         """Σ_k S_k (d, d): summed by :meth:`from_rows` as it went (no second read of the C·d² scatters), else now.
 
-        Every other constructor returns a new object, and the fields are never
-        written after construction, so the sum cannot go stale.
+        Every other constructor returns a new object, and the only write after
+        construction (an in-place merge) drops the cached sum first.
         """
         cached = self.__dict__.get("_pooled")
         return cached if cached is not None else self.scatters.sum(0)
 
-    def merge(self, other: ClassStatistics) -> ClassStatistics:
-        """Statistics of the union of both row sets (same classes, same order)."""
-        return self._combine(other, 1.0)
+    def merge(self, other: ClassStatistics, in_place: bool = False) -> ClassStatistics:
+        """Statistics of the union of both row sets (same classes, same order).
+
+        ``in_place`` writes the scatters into these statistics' own tensor (the
+        largest, C·d²), for statistics no one else holds or reads: a stream's
+        running total; a fitted model's are never merged in place (scoring may
+        read them meanwhile).
+        """
+        return self._combine(other, 1.0, in_place)
 
     def subtract(self, other: ClassStatistics) -> ClassStatistics:
         """Statistics of these rows without ``other``'s rows, which must be a subset of them."""

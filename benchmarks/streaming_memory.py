@@ -7,9 +7,11 @@ Regenerates ``docs/streaming-memory.md``::
 Memory of ``fit_batches`` is constant in the rows but not in the classes: it
 holds C·d² float64 scatters. Each measurement runs in its own process (peak
 resident memory, ``resource.getrusage``, above the memory after the rows were
-made), on 300 classes × 256 dimensions (6,000 float32 rows, shuffled), so the
-statistics dominate: ``fit`` on all rows, then ``fit_batches`` on n chunks
-``(X[i::n], y[i::n])``, each holding every class.
+made in float32), on 300 classes × 256 dimensions (6,000 rows), so the
+statistics dominate: ``fit`` on all rows, then ``fit_batches`` on n chunks that
+each hold every class (rows sorted by class, chunk i = every n-th row), and on
+n chunks of shuffled rows (each then misses some classes: merged by the
+subset path, which copies the classes a chunk holds).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES, PER_CLASS, DIM = 300, 20, 256
-CHUNKINGS = ("fit", "2", "4", "8")
+CHUNKINGS = ("fit", "2", "4", "8", "2-shuffled", "8-shuffled")
 
 
 def measure_one(mode: str) -> dict:
@@ -37,19 +39,23 @@ def measure_one(mode: str) -> dict:
     from openworld import OpenWorld
 
     rng = np.random.default_rng(0)
-    centers = rng.normal(size=(CLASSES, DIM))[:, None, :] * 2
-    X = (centers + rng.normal(size=(CLASSES, PER_CLASS, DIM))).reshape(-1, DIM).astype(np.float32)
-    y = np.repeat(np.arange(CLASSES), PER_CLASS)
-    order = rng.permutation(len(y))
-    X, y = X[order], y[order]
+    centers = 2 * rng.standard_normal((CLASSES, 1, DIM), dtype=np.float32)
+    X = (centers + rng.standard_normal((CLASSES, PER_CLASS, DIM), dtype=np.float32)).reshape(-1, DIM)
+    y = np.repeat(np.arange(CLASSES), PER_CLASS)  # sorted by class: X[i::n] holds every class for n <= 20
+    if mode.endswith("-shuffled"):
+        order = rng.permutation(len(y))
+        X, y = X[order], y[order]
     start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if mode == "fit":
-        model = OpenWorld(target_tpr=None).fit(X, y)
+        model, per_chunk = OpenWorld(target_tpr=None).fit(X, y), [CLASSES]
     else:
-        n = int(mode)
-        model = OpenWorld(target_tpr=None).fit_batches([(X[i::n], y[i::n]) for i in range(n)])
+        n = int(mode.split("-")[0])
+        chunks = [(X[i::n], y[i::n]) for i in range(n)]
+        per_chunk = [int(np.unique(chunk_y).size) for _, chunk_y in chunks]
+        model = OpenWorld(target_tpr=None).fit_batches(chunks)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - start
-    return {"mode": mode, "peak_mb": peak, "statistics_mb": model.statistics_.scatters.numel() * 8 / 2**20}
+    return {"mode": mode, "peak_mb": peak, "statistics_mb": model.statistics_.scatters.numel() * 8 / 2**20,
+            "classes_per_chunk": [min(per_chunk), max(per_chunk)]}
 
 
 def git_commit() -> str:
@@ -73,13 +79,15 @@ def render(rows: list[dict]) -> str:
         "the size of the C·d² float64 scatters. `fit_batches` merges each chunk's statistics into the running ones "
         "in place.",
         "",
-        "| fit | peak above start (MB) | statistics (MB) | peak / statistics |",
-        "|---|---|---|---|",
+        "| fit | classes per chunk | peak above start (MB) | statistics (MB) | peak / statistics |",
+        "|---|---|---|---|---|",
     ]
     for row in rows:
-        label = "`fit` (all rows)" if row["mode"] == "fit" else f"`fit_batches`, {row['mode']} chunks"
-        lines.append(f"| {label} | {row['peak_mb']:.0f} | {row['statistics_mb']:.0f} | "
-                     f"{row['peak_mb'] / row['statistics_mb']:.1f} |")
+        n, _, shuffled = row["mode"].partition("-")
+        label = "`fit` (all rows)" if n == "fit" else f"`fit_batches`, {n} chunks" + (" of shuffled rows" if shuffled else "")
+        low, high = row["classes_per_chunk"]
+        lines.append(f"| {label} | {low if low == high else f'{low}–{high}'} | {row['peak_mb']:.0f} | "
+                     f"{row['statistics_mb']:.0f} | {row['peak_mb'] / row['statistics_mb']:.1f} |")
     lines.append("")
     return "\n".join(lines)
 

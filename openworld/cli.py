@@ -174,6 +174,10 @@ def fine_tune(
     from openworld.io.tables import read_table
 
     _check_output(output)
+    if output.is_dir():
+        _fail(f"cannot write {output}: it is a folder")
+    if threads is not None and threads < 1:
+        _fail(f"--threads must be a positive integer, got {threads}")
     try:
         table = read_table(data, text_column=text, label_column=labels)
     except (ValueError, FileNotFoundError, ImportError) as error:
@@ -185,9 +189,12 @@ def fine_tune(
     try:
         encoder = fine_tune_text_encoder(table.texts, table.labels, epochs=epochs, batch_size=batch_size,
                                          learning_rate=learning_rate, seed=seed, num_threads=threads, progress=progress)
-        encoder.save(output)
     except (ValueError, TypeError) as error:
         _fail(str(error))
+    try:
+        encoder.save(output)
+    except OSError as error:
+        _fail(f"cannot write {output}: {error.strerror or error}")
     console.print(f"fine-tuned on {len(table.texts)} texts of {np.unique(table.labels).size} classes; wrote {output} "
                   f"({encoder.name})")
 

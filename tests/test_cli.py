@@ -177,6 +177,9 @@ def test_fine_tuned_encoder_end_to_end_matches_the_python_api(tmp_path, model_de
           "--layers is fixed by the fine-tuned encoder")
     fails(["fine-tune", str(tmp_path / "t.csv"), "-o", str(tmp_path / "e2.safetensors"), "--epochs", "0"],
           "epochs must be a positive int")
+    fails(["fine-tune", str(tmp_path / "t.csv"), "-o", str(tmp_path / "e2.safetensors"), "--threads", "0"],
+          "--threads must be a positive integer")
+    fails(["fine-tune", str(tmp_path / "t.csv"), "-o", str(tmp_path)], "it is a folder")
     write_table(tmp_path / "unlabelled.csv", {"text": np.array(texts)})
     fails(["fine-tune", str(tmp_path / "unlabelled.csv"), "-o", str(tmp_path / "e3.safetensors")], "has no label column")
     (tmp_path / "junk.safetensors").write_bytes(b"not a model")

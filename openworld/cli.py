@@ -400,6 +400,9 @@ def discover_command(
             result = model.discover(X, n_new=count)
     except ValueError as error:
         _fail(str(error))
+    n_known = len(model.classes_)
+    if adopt is not None:  # before any file is written: a refused adoption leaves no partial output
+        _adopt(model, result)
     representative = np.zeros(len(result.labels), dtype=bool)
     for cluster in result.clusters:
         representative[cluster.representatives] = True
@@ -419,10 +422,28 @@ def discover_command(
         write_discovery_html(result, X, report, title=str(data))
         console.print(f"report written to {report}")
     if adopt is not None:
-        model.adopt(result)
         model.set_params(device=None)  # a portable file, as `fit` writes
         model.save(adopt)
-        console.print(f"model with {result.n_new} adopted classes written to {adopt}")
+        console.print(f"model with {len(model.classes_) - n_known} adopted classes written to {adopt}")
+
+
+def _adopt(model, result) -> None:
+    """Adopt the discovery's new clusters into ``model``; a refusal, or an adopted model that would reject
+    nothing where the original rejected, exits."""
+    import warnings
+
+    had_working_point = model.target_tpr is not None and model.threshold_ is not None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a dropped working point is an error below
+            model.adopt(result)
+    except ValueError as error:
+        _fail(f"cannot adopt the new clusters: {error}")
+    if had_working_point and model.threshold_ is None:
+        _fail(f"adopting {result.n_new} new classes changes what score='auto' means for this model (now "
+              f"{model.score_!r}), so its working point no longer holds and the adopted model would reject nothing; "
+              "not written. Fit a model on labelled rows of every class instead, or adopt in Python and call "
+              "set_working_point on held-out rows")
 
 
 def _ood_mask(y: np.ndarray, classes: np.ndarray, ood_labels: list[str]) -> np.ndarray:

@@ -204,6 +204,9 @@ def _calibrated_settings(model, X: Tensor, n_new, rng: np.random.Generator) -> S
     blind = copy.copy(model)
     if not isinstance(model.priors, str):  # per-class priors: those of the classes it keeps
         blind.priors = np.asarray(model.priors)[~np.isin(model.classes_, hidden)]
+    # A trimmed fit refuses forget (it would not equal a trimmed refit); calibration needs only the
+    # statistics the model holds, without the hidden classes, so the copy forgets as an untrimmed model.
+    blind.contamination = 0.0
     blind.forget(hidden)
     posteriors, scores = (torch.as_tensor(v).cpu() for v in model.predict_proba_and_score(X))  # one pass
     typical = (scores >= np.quantile(scores.numpy(), 1 - CONFIDENT_SHARE)).numpy()

@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 import threading
 import warnings
+from collections import Counter
 from contextlib import contextmanager
+from functools import wraps
 from numbers import Integral
 
 import numpy as np
@@ -94,6 +96,17 @@ def _refuse_overflow(X: Tensor, scores: Tensor | None, log_joint: Tensor | None)
         )
 
 
+def _on_one_version(method):
+    """Run a reading method on the model as last published (:meth:`OpenWorld._published`): an update in
+    another thread swaps in a new version meanwhile without changing the one being read."""
+
+    @wraps(method)
+    def on_published(self, *args, **kwargs):
+        return method(self._published(), *args, **kwargs)
+
+    return on_published
+
+
 class OpenWorld(ClassifierMixin, BaseEstimator):
     """Open-world classifier on embeddings: class posteriors, "unknown", exact incremental learning.
 
@@ -173,10 +186,12 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
     def fit(self, X, y=None, sample_weight=None):
         """Fit class statistics on ``X: (n, d)`` with labels ``y: (n,)`` (None = one class of normal rows)."""
         self._validate_params()
-        with self._all_or_nothing():  # a refit that fails leaves the former model whole, not half replaced
-            if self._is_mixture() or self.contamination:
-                return self._fit_from_rows(X, y, sample_weight)
-            return self._fit_chunks([(X, y, sample_weight)], chunked=False)
+        with self._updating() as model:  # a refit that fails leaves the former model whole, not half replaced
+            if model._is_mixture() or model.contamination:
+                model._fit_from_rows(X, y, sample_weight)
+            else:
+                model._fit_chunks([(X, y, sample_weight)], chunked=False)
+        return self
 
     def fit_batches(self, batches):
         """Fit from an iterable of ``(X, y)`` or ``(X, y, sample_weight)`` chunks, in constant memory.
@@ -190,8 +205,9 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         self._validate_params()
         if self._is_mixture() or self.contamination:
             raise ValueError("fit_batches needs components=1 and contamination=0 (mixtures and trimming revisit rows)")
-        with self._all_or_nothing():
-            return self._fit_chunks(batches, chunked=True)
+        with self._updating() as model:
+            model._fit_chunks(batches, chunked=True)
+        return self
 
     def _fit_chunks(self, batches, chunked: bool):
         """Merge the chunks' statistics and row samples; ``chunked``: errors name the chunk."""
@@ -330,8 +346,8 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         weights = as_weights(sample_weight, X.shape[0], X.device, part_of_more=True)
         if self._is_mixture() and weights is not None:
             raise ValueError("sample_weight is not supported with components != 1 (mixtures are fitted by EM)")
-        with self._all_or_nothing():
-            self._partial_fit(X, labels, weights)
+        with self._updating() as model:
+            model._partial_fit(X, labels, weights)
         return self
 
     def _partial_fit(self, X: Tensor, labels: np.ndarray, weights: Tensor | None) -> None:
@@ -396,8 +412,8 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
                 "score='kernel_density': no sampled row of the remaining classes is left to estimate their "
                 "density from; refit on their rows"
             )
-        with self._all_or_nothing():
-            self._keep_classes(keep)
+        with self._updating() as model:
+            model._keep_classes(keep)
         return self
 
     def unlearn(self, X, y=None, sample_weight=None):
@@ -439,9 +455,9 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         if not present.any():
             raise ValueError("unlearning these rows would leave no data: every class would be empty")
         score_functions.resolve_score(self.score, int(present.sum()))  # refuses what a fit on what remains would
-        with self._all_or_nothing():
-            self.statistics_ = remaining
-            self._keep_classes(keep)
+        with self._updating() as model:
+            model.statistics_ = remaining
+            model._keep_classes(keep)
         return self
 
     def discover(self, X, n_new="auto", adopt=False, names=None, representatives=5, settings=None):
@@ -458,10 +474,12 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         """
         from openworld.discovery import discover
 
-        self._check_fitted()
-        X, _ = as_features(self._named(X), n_features=self.n_features_in_, name=type(self).__name__, device=self.statistics_.device)
-        result = discover(self, X, n_new, settings=settings, representatives=representatives,
-                          random_state=self.random_state)
+        model = self._published()
+        model._check_fitted()
+        X, _ = as_features(model._named(X), n_features=model.n_features_in_, name=type(self).__name__,
+                           device=model.statistics_.device)
+        result = discover(model, X, n_new, settings=settings, representatives=representatives,
+                          random_state=model.random_state)
         if adopt:
             self.adopt(result, names)
         return result
@@ -469,10 +487,14 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
     def adopt(self, discovery, names=None):
         """Add a discovery's new clusters as classes, from the rows assigned to them.
 
-        Goes through :meth:`partial_fit`, so the model equals one that had
-        those rows labelled from the start; rows assigned to known classes are not absorbed
+        Goes through :meth:`partial_fit`, so the statistics equal those of a fit
+        with those rows labelled from the start, and the working point is placed
+        as :meth:`partial_fit` places it (dropped, with a warning, when
+        ``score="auto"`` changes meaning: a one-class model given new classes;
+        :meth:`set_working_point` places it again); rows assigned to known classes are not absorbed
         (their labels are guesses). ``names``: a list (in ``discovery.clusters``
-        order) or a dict from cluster name to class name; by default the
+        order) or a dict from cluster name to class name, each name once (two
+        clusters are not merged into one class); by default the
         clusters' own names (``"new-0"``, … or, for integer classes, the next
         integers). With mixtures, adding classes is the online EM of
         :meth:`partial_fit`, not a refit.
@@ -491,11 +513,17 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
                 raise ValueError(f"names has keys {unknown[:10]!r} that are not new clusters of this discovery "
                                  f"({old[:10]!r})")
             mapping = {name: names.get(name, name) for name in old}
+        elif isinstance(names, (str, bytes)):
+            raise ValueError(f"names must be a list (one name per new cluster) or a dict, not the string {names!r}")
         else:
             names = list(names)
             if len(names) != len(old):
                 raise ValueError(f"names has {len(names)} entries for {len(old)} new clusters")
             mapping = dict(zip(old, names))
+        repeated = sorted(str(name) for name, count in Counter(mapping.values()).items() if count > 1)
+        if repeated:
+            raise ValueError(f"names gives {repeated[:10]!r} to more than one new cluster: each cluster becomes its "
+                             "own class (adopt them under distinct names, or merge their rows and partial_fit)")
         chosen = [mapping[label] for label in discovery.labels[discovery.is_new].tolist()]
         labels = as_labels(np.array(chosen, dtype=object), len(chosen))
         self._check_label_type(labels)
@@ -523,28 +551,32 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         if weights is not None:  # rows of zero weight are not data
             positive = weights > 0
             X, weights = X[positive], weights[positive]
-        scores, log_joint = self._evaluate(X, want_log_joint=True)
-        self.target_tpr = target
-        self.held_out_scores_ = HeldOutScores(
-            scores.double().cpu().numpy(), log_joint.argmax(1).cpu().numpy(), float(self.statistics_.weights.sum()),
-            np.ones(X.shape[0]) if weights is None else weights.cpu().numpy(),
-        )
-        self.threshold_ = self.held_out_scores_.threshold(target)
+        with self._updating() as model:
+            scores, log_joint = model._evaluate(X, want_log_joint=True)
+            model.target_tpr = target
+            model.held_out_scores_ = HeldOutScores(
+                scores.double().cpu().numpy(), log_joint.argmax(1).cpu().numpy(), float(model.statistics_.weights.sum()),
+                np.ones(X.shape[0]) if weights is None else weights.cpu().numpy(),
+            )
+            model.threshold_ = model.held_out_scores_.threshold(target)
         return self
 
     # ------------------------------------------------------------------ scoring
 
+    @_on_one_version
     def decision_function(self, X):
         """(n, C) log joint densities ``log π_k + log N(x; μ_k, Σ_k)``; argmax is the class."""
         X, kind = self._features(X)
         _, log_joint = self._evaluate(X, want_log_joint=True, want_scores=False)
         return to_output(log_joint, kind)
 
+    @_on_one_version
     def predict_proba(self, X):
         """(n, C) posteriors over the known classes, columns in ``classes_`` order."""
         X, kind = self._features(X)
         return to_output(torch.softmax(self._posterior_logits(X), dim=1), kind)
 
+    @_on_one_version
     def predict_proba_and_score(self, X):
         """``predict_proba(X)`` and ``score_samples(X)`` in one pass over the rows (what a service
         answers per request): with a tied covariance the posteriors' product is shared."""
@@ -552,17 +584,20 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         scores, logits = self._evaluate(X, want_log_joint=False, want_logits=True)
         return to_output(torch.softmax(logits, dim=1), kind), to_output(scores, kind)
 
+    @_on_one_version
     def predict_log_proba(self, X):
         """(n, C) log posteriors (stable log-sum-exp)."""
         X, kind = self._features(X)
         return to_output(torch.log_softmax(self._posterior_logits(X), dim=1), kind)
 
+    @_on_one_version
     def score_samples(self, X):
         """(n,) OOD score of ``self.score``; higher = more in-distribution."""
         X, kind = self._features(X)
         scores, _ = self._evaluate(X, want_log_joint=False)
         return to_output(scores, kind)
 
+    @_on_one_version
     def predict(self, X):
         """(n,) labels (NumPy); ``unknown_label`` where the score falls below the working point."""
         X, _ = self._features(X)
@@ -588,6 +623,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ persistence
 
+    @_on_one_version
     def save(self, path) -> None:
         """Write the model as one safetensors file with a JSON manifest (atomic; never pickle)."""
         self._check_fitted()
@@ -882,7 +918,8 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         self.head_, self.score_head_ = self._heads(self.statistics_)
         self.kernel_density_ = None if self.kernel_sample_ is None else self._kernel_density(kernel_bandwidth)
         # Heads cast to other dtypes/devices, built on first use. Concurrent scorers may
-        # both build one; the results are identical, so no lock is needed.
+        # both build one; the results are identical, so no lock is needed. A new dict per
+        # version: a scorer still on the former version caches into the former one.
         self._device_heads = {}
 
     def _shrinks(self) -> bool:
@@ -890,16 +927,32 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         return self.shrinkage is not None and not (isinstance(self.shrinkage, (int, float)) and self.shrinkage == 0)
 
     @contextmanager
-    def _all_or_nothing(self):
-        """An update that fails leaves the model as it was: the fitted attributes are restored (updates
-        replace them, never change them in place)."""
-        before = dict(self.__dict__)
-        try:
-            yield
-        except BaseException:
-            self.__dict__.clear()
-            self.__dict__.update(before)
-            raise
+    def _updating(self):
+        """Run an update on a copy of the model and publish it in one step.
+
+        The update works on a shallow copy (its attributes are replaced, never
+        changed in place), whose attributes then replace this model's in one
+        assignment of ``__dict__``: scoring threads, which read one published
+        version (:meth:`_published`), see the old model or the new one, never a
+        mix, and an update that fails leaves the model as it was. Updates of one
+        model run one at a time (none is lost).
+        """
+        with self.__dict__.setdefault("_update_lock", threading.RLock()):
+            model = self._published(copy=True)
+            yield model
+            self.__dict__ = model.__dict__
+
+    def _published(self, copy: bool = False) -> OpenWorld:
+        """The model as last published: a view of its attributes' dict, which no update writes into (an
+        update builds a new dict and swaps it in); ``copy``: a copy of that dict, for an update to build on."""
+        view = object.__new__(type(self))
+        view.__dict__ = dict(self.__dict__) if copy else self.__dict__
+        return view
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_update_lock", None)  # a lock cannot be copied or pickled; the copy makes its own
+        return state
 
     def _score_changed(self, score_before: str) -> bool:
         """Whether the resolved score changed in an update (``score="auto"``: one class ↔ several). Held-out

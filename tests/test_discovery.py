@@ -465,3 +465,58 @@ def test_rows_too_far_to_cluster_and_bad_settings_are_clear_errors():
             Settings(*bad)
     with pytest.raises(ValueError, match="settings must be"):
         model.discover(rng.normal(size=(20, 3)), settings=(0.9, 1.0, 2.0))
+
+
+def test_adopt_refuses_two_clusters_under_one_name_and_a_string_of_names(mixed):
+    model, X, _, _ = mixed
+    result = model.discover(X)
+    assert result.n_new >= 2
+    first, second = result.names[:2]
+    with pytest.raises(ValueError, match="more than one new cluster"):
+        copy.deepcopy(model).adopt(result, names=["dog"] * result.n_new)
+    with pytest.raises(ValueError, match="more than one new cluster"):
+        copy.deepcopy(model).adopt(result, names={first: second})  # the second keeps its own name too
+    with pytest.raises(ValueError, match="not the string"):
+        copy.deepcopy(model).adopt(result, names="a" * result.n_new)
+    assert result.rows is not None  # refusals adopt nothing
+
+
+def test_a_trimmed_fit_discovers_as_the_untrimmed_statistics_do(mixed):
+    """Picking the settings forgets hidden classes from a copy; a trimmed model refuses forget (not exact
+    against a trimmed refit), and the copy forgets as an untrimmed one: the same result as a model of the
+    same statistics without contamination."""
+    _, X, y, known = mixed
+    X_all, y_all = _blobs(n_classes=N_CLASSES, per_class=PER_CLASS, d=DIMENSIONS, seed=0)
+    labelled = _split(X_all, y_all, known, 0.1, seed=0)
+    trimmed = ow.OpenWorld(random_state=0, contamination=0.05).fit(X_all[labelled], y_all[labelled])
+    result = trimmed.discover(X)
+    plain = copy.deepcopy(trimmed)
+    plain.contamination = 0.0  # the same statistics, heads and working point
+    expected = plain.discover(X)
+    assert result.n_new == expected.n_new == N_CLASSES - N_KNOWN
+    np.testing.assert_array_equal(result.labels, expected.labels)
+
+
+def test_command_line_adopt_that_cannot_be_done_writes_nothing(tmp_path):
+    """discover --adopt: a refused adoption (per-class priors) and one that would leave a one-class model
+    rejecting nothing exit 2 before any file is written."""
+    from typer.testing import CliRunner
+
+    from openworld.cli import app
+
+    X, y = _blobs(n_classes=4, per_class=80, d=8, seed=1)
+    np.save(tmp_path / "u.npy", X)
+    known = np.isin(y, ["c0", "c1", "c2"])
+    models = {
+        "priors": ow.OpenWorld(random_state=0, priors=[0.2, 0.3, 0.5]).fit(X[known], y[known]),
+        "one class": ow.OpenWorld(random_state=0).fit(X[y == "c0"]),
+    }
+    for what, model in models.items():
+        model.save(tmp_path / "m.safetensors")
+        outputs = [tmp_path / f"c-{what}.csv", tmp_path / f"a-{what}.safetensors", tmp_path / f"r-{what}.html"]
+        result = CliRunner().invoke(app, ["discover", str(tmp_path / "m.safetensors"), str(tmp_path / "u.npy"), "-o",
+                                          str(outputs[0]), "--adopt", str(outputs[1]), "--report", str(outputs[2]),
+                                          "--no-progress"])
+        words = " ".join(result.output.split())
+        assert result.exit_code == 2 and ("priors" in words if what == "priors" else "reject nothing" in words), words
+        assert not any(path.exists() for path in outputs), what

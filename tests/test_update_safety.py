@@ -209,3 +209,77 @@ def test_a_refit_that_fails_leaves_the_former_model_whole(how):
     np.testing.assert_array_equal(model.classes_, before[0])
     np.testing.assert_array_equal(model.predict_proba(X), before[1])
     assert model.threshold_ == before[2]
+
+
+def test_scoring_during_updates_in_another_thread_sees_the_old_model_or_the_new_never_a_mix():
+    """A reader predicts rows that are unmistakably class "c" while a writer adds a class "a" (it sorts
+    first, so every class index shifts) and forgets it again: each answer must be "c" and every
+    predict_proba must have the columns of the classes its version held. Before updates were published in
+    one step, most answers mixed the new classes_ with the former head."""
+    import threading
+
+    rng = np.random.default_rng(0)
+    d = 32
+    centers = {k: rng.normal(0, 5, d) for k in "bcd"}
+    X = np.vstack([centers[k] + rng.normal(size=(200, d)) for k in "bcd"])
+    y = np.repeat(list("bcd"), 200)
+    X_a = rng.normal(0, 5, d) + rng.normal(size=(200, d))
+    model = OpenWorld(covariance="full", target_tpr=None, random_state=0).fit(X, y)
+    queries = (centers["c"] + 0.1 * rng.normal(size=(5, d))).astype(np.float32)
+    done, seen, calls = threading.Event(), [], [0]
+
+    def reader():
+        while not done.is_set():
+            seen.append(model.predict(queries).tolist())
+            proba = model.predict_proba(queries)
+            seen.append([proba.shape[1]] if proba.shape[1] not in (3, 4) else ["c"] * 5)
+            calls[0] += 1
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for _ in range(60):
+            model.partial_fit(X_a, np.repeat("a", 200))
+            model.forget(["a"])
+    finally:
+        done.set()
+        thread.join()
+    assert calls[0] > 0
+    assert all(answer == ["c"] * 5 for answer in seen), [a for a in seen if a != ["c"] * 5][:3]
+    assert model.classes_.tolist() == ["b", "c", "d"]
+
+
+def test_concurrent_updates_are_none_lost():
+    """Two threads adding rows of their own classes: the result equals one fit on every row (each update
+    builds on the one before it, none is overwritten)."""
+    import threading
+
+    rng = np.random.default_rng(1)
+    X0, y0 = rng.normal(size=(100, 4)), np.repeat(["a", "b"], 50)
+    parts = [(rng.normal(size=(10, 4)) + 3, np.repeat(f"t{t}-{i}", 10)) for t in range(2) for i in range(15)]
+    model = OpenWorld(target_tpr=None).fit(X0, y0)
+
+    def writer(t):
+        for X, y in parts[t * 15 : (t + 1) * 15]:
+            model.partial_fit(X, y)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    reference = OpenWorld(target_tpr=None).fit(np.vstack([X0, *(X for X, _ in parts)]),
+                                               np.concatenate([y0, *(y for _, y in parts)]))
+    assert model.classes_.tolist() == reference.classes_.tolist()
+    torch.testing.assert_close(model.statistics_.scatters, reference.statistics_.scatters, rtol=1e-9, atol=1e-9)
+
+
+def test_a_fitted_model_can_be_deep_copied_and_the_copy_updates_on_its_own():
+    import copy
+
+    rng = np.random.default_rng(2)
+    model = OpenWorld(target_tpr=None).fit(rng.normal(size=(60, 3)), np.repeat(["a", "b"], 30))
+    model.partial_fit(rng.normal(size=(5, 3)), np.repeat("a", 5))  # the model now holds its update lock
+    twin = copy.deepcopy(model)
+    twin.partial_fit(rng.normal(size=(5, 3)) + 9, np.repeat("c", 5))
+    assert model.classes_.tolist() == ["a", "b"] and twin.classes_.tolist() == ["a", "b", "c"]

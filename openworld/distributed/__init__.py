@@ -103,9 +103,10 @@ def fit(X, y=None, *, sample_weight=None, **params) -> OpenWorld:
     if merged is None:
         raise ValueError("every partition is empty: nothing to fit")
     state, sample = merged
-    with model._all_or_nothing():  # as fit: a failure leaves the former model whole
-        model._name_features(None)  # partitions are read by position (a former fit's column names no longer hold)
-        return model._fit_from_state(state.sorted(), sample)
+    with model._updating() as updated:  # as fit: a failure leaves the former model whole
+        updated._name_features(None)  # partitions are read by position (a former fit's column names no longer hold)
+        updated._fit_from_state(state.sorted(), sample)
+    return model
 
 
 def _map_rows(model: OpenWorld, X, method: str, width: int | None):

@@ -353,3 +353,23 @@ def test_dataframe_columns_are_read_by_name_in_fit_batches_scoring_updates_and_f
     np.testing.assert_array_equal(loaded.feature_names_in_, ["a", "b", "c"])
     np.testing.assert_array_equal(loaded.decision_function(shuffled), model.decision_function(shuffled))
     assert not hasattr(OpenWorld(random_state=0).fit(frame, y).fit(X, y), "feature_names_in_")  # a refit on arrays
+
+
+def test_class_ids_int64_cannot_hold_are_an_error_not_another_id(tmp_path):
+    """A 64-bit hash id in uint64 wrapped to a negative class (2**64 − 59 became −59) in fit and in Parquet
+    label columns; ids within int64 stay exact, the largest included."""
+    import pyarrow.parquet as pq
+
+    from openworld.io.tables import read_table
+
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    too_big = 2**64 - 59
+    for labels in (np.array([too_big, 42] * 10, dtype=np.uint64), np.array([too_big, 42] * 10, dtype=object)):
+        with pytest.raises(ValueError, match=f"class id {too_big} does not fit in int64"):
+            OpenWorld().fit(X, labels)
+    largest = np.array([2**63 - 1, 0] * 10, dtype=np.uint64)
+    assert OpenWorld(target_tpr=None).fit(X, largest).classes_.tolist() == [0, 2**63 - 1]
+    pq.write_table(pa.table({"embedding": [list(row) for row in X],
+                             "label": pa.array([too_big, 42] * 10, type=pa.uint64())}), tmp_path / "ids.parquet")
+    with pytest.raises(ValueError, match="does not fit in int64"):
+        read_table(tmp_path / "ids.parquet")

@@ -175,21 +175,33 @@ def as_labels(y, n_rows: int) -> np.ndarray:
         if all(issubclass(k, str) for k in kinds):
             return y.astype(str)
         if all(issubclass(k, (int, np.integer)) and not issubclass(k, (bool, np.bool_)) for k in kinds):
-            return y.astype(np.int64)
+            return int64_labels(y)
         raise ValueError(f"Unknown label type: labels must all be str or all int, got {sorted(k.__name__ for k in kinds)}")
     if y.dtype.kind == "b":
         raise ValueError("Unknown label type: bool. Labels must be str or int class names.")
     if y.dtype.kind in "iu":
-        return y.astype(np.int64, copy=False)
+        return int64_labels(y)
     if y.dtype.kind == "f" and not np.isfinite(y).all():
         bad = np.flatnonzero(~np.isfinite(y))
         raise ValueError(f"y contains NaN or infinity in {bad.size} row(s) (first: row {bad[0]}): every row needs a class")
     if y.dtype.kind == "f" and type_of_target(y) in ("binary", "multiclass"):
-        return y.astype(np.int64)  # integral floats such as 0.0 / 1.0 are class ids
+        return int64_labels(y)  # integral floats such as 0.0 / 1.0 are class ids
     raise ValueError(
         f"Unknown label type: {type_of_target(y) if y.dtype.kind in 'fb' else y.dtype}. "
         "Labels must be str or int class names (continuous values are regression targets)."
     )
+
+
+def int64_labels(y: np.ndarray) -> np.ndarray:
+    """Integer class ids as int64; an id int64 cannot hold (a 64-bit hash in uint64, a huge whole float) is an
+    error, not a silent wrap-around to another id."""
+    low, high = -(2**63), 2**63 - 1
+    values = [int(y.min()), int(y.max())] if y.size and y.dtype.kind in "iuf" else [int(v) for v in y.tolist()]
+    outside = [v for v in values if not low <= v <= high]
+    if outside:
+        raise ValueError(f"class id {outside[0]} does not fit in int64 ({low} … {high}): give such ids (hashes, "
+                         "for example) as strings")
+    return y.astype(np.int64, copy=False)
 
 
 _INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")

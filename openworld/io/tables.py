@@ -25,6 +25,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from openworld.core.arrays import int64_labels
+
 __all__ = [
     "READ_SUFFIXES",
     "WRITE_SUFFIXES",
@@ -527,9 +529,9 @@ def _extract(path: Path, data: pa.Table | pa.RecordBatch, layout: _Layout, first
             labels = column.to_numpy(zero_copy_only=False).astype(str)
             _no_empty_strings(path, layout.label, labels, first_row)
         elif pa.types.is_integer(column.type) or pa.types.is_boolean(column.type):
-            labels = column.to_numpy(zero_copy_only=False, writable=True).astype(np.int64)
+            labels = int64_labels(column.to_numpy(zero_copy_only=False, writable=True))
         elif pa.types.is_floating(column.type) and _whole_numbers(values := column.to_numpy(zero_copy_only=False)):
-            labels = values.astype(np.int64)  # 0.0 / 1.0 flags written by tools that know no integers
+            labels = int64_labels(values)  # 0.0 / 1.0 flags written by tools that know no integers
         else:
             raise ValueError(f"{path}: label column {layout.label!r} holds {column.type}; labels are strings or integers")
     return Table(vectors=vectors, texts=texts, labels=labels)

@@ -96,6 +96,18 @@ def _refuse_overflow(X: Tensor, scores: Tensor | None, log_joint: Tensor | None)
         )
 
 
+def _one_update_at_a_time(method):
+    """Run an update holding the model's update lock from its first check to its publication, so that what
+    it checked and what it builds on are the same version (another update waits)."""
+
+    @wraps(method)
+    def holding_the_lock(self, *args, **kwargs):
+        with self._update_lock():
+            return method(self, *args, **kwargs)
+
+    return holding_the_lock
+
+
 def _on_one_version(method):
     """Run a reading method on the model as last published (:meth:`OpenWorld._published`): an update in
     another thread swaps in a new version meanwhile without changing the one being read."""
@@ -183,6 +195,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fitting
 
+    @_one_update_at_a_time
     def fit(self, X, y=None, sample_weight=None):
         """Fit class statistics on ``X: (n, d)`` with labels ``y: (n,)`` (None = one class of normal rows)."""
         self._validate_params()
@@ -193,6 +206,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
                 model._fit_chunks([(X, y, sample_weight)], chunked=False)
         return self
 
+    @_one_update_at_a_time
     def fit_batches(self, batches):
         """Fit from an iterable of ``(X, y)`` or ``(X, y, sample_weight)`` chunks, in constant memory.
 
@@ -331,6 +345,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         self._place_working_point(sample)
         return self
 
+    @_one_update_at_a_time
     def partial_fit(self, X, y=None, sample_weight=None, classes=None):
         """Add rows of known or new classes; the statistics equal a fit on all rows seen.
 
@@ -389,6 +404,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             self.held_out_scores_ = fresh if old is None else old.combined(fresh, WORKING_POINT_ROWS, rng)
             self.threshold_ = self.held_out_scores_.threshold(self.target_tpr)
 
+    @_one_update_at_a_time
     def forget(self, labels):
         """Drop whole classes exactly: the model equals a fit without their rows."""
         self._check_fitted()
@@ -416,6 +432,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             model._keep_classes(keep)
         return self
 
+    @_one_update_at_a_time
     def unlearn(self, X, y=None, sample_weight=None):
         """Remove rows that were fitted (deletion requests); equals a fit without them.
 
@@ -484,6 +501,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
             self.adopt(result, names)
         return result
 
+    @_one_update_at_a_time
     def adopt(self, discovery, names=None):
         """Add a discovery's new clusters as classes, from the rows assigned to them.
 
@@ -534,6 +552,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         discovery.rows = None
         return self
 
+    @_one_update_at_a_time
     def set_working_point(self, X_val, target_tpr=None, sample_weight=None):
         """Place the threshold on held-out in-distribution rows ``X_val: (m, d)``.
 
@@ -937,10 +956,14 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
         mix, and an update that fails leaves the model as it was. Updates of one
         model run one at a time (none is lost).
         """
-        with self.__dict__.setdefault("_update_lock", threading.RLock()):
+        with self._update_lock():
             model = self._published(copy=True)
             yield model
             self.__dict__ = model.__dict__
+
+    def _update_lock(self) -> threading.RLock:
+        """This model's update lock (made on first use; copies of the model make their own)."""
+        return self.__dict__.setdefault("_lock", threading.RLock())
 
     def _published(self, copy: bool = False) -> OpenWorld:
         """The model as last published: a view of its attributes' dict, which no update writes into (an
@@ -951,7 +974,7 @@ class OpenWorld(ClassifierMixin, BaseEstimator):
 
     def __getstate__(self):
         state = super().__getstate__()
-        state.pop("_update_lock", None)  # a lock cannot be copied or pickled; the copy makes its own
+        state.pop("_lock", None)  # a lock cannot be copied or pickled; the copy makes its own
         return state
 
     def _score_changed(self, score_before: str) -> bool:

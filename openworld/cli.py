@@ -40,19 +40,19 @@ def _parse_shrinkage(value: str):
         _fail(f"--shrinkage must be auto, oas, none or a number in [0, 1], got {value!r}")
 
 
-def _text_encoder(encoder_file: Optional[Path], encoder_name: Optional[str], progress: bool, **options):
+def _text_encoder(encoder_file: Optional[Path], encoder_name: Optional[str], progress: bool):
     """The encoder that embeds text: the fine-tuned one saved in ``encoder_file``, else the one named
     ``encoder_name`` (a saved model's ``embedding_model_``), else the bundled default."""
     from openworld.encoders.text import TextEncoder, is_fine_tuned_name
 
     if encoder_file is not None:
-        return TextEncoder.load(encoder_file, progress=progress, **options)
+        return TextEncoder.load(encoder_file, progress=progress)
     if encoder_name is None:
-        return TextEncoder(progress=progress, **options)
+        return TextEncoder(progress=progress)
     if is_fine_tuned_name(encoder_name):
         raise ValueError(f"the model was fitted on text embedded by the fine-tuned encoder {encoder_name!r}: "
                          "give its file with --encoder FILE (or score vectors)")
-    return TextEncoder.from_name(encoder_name, progress=progress, **options)
+    return TextEncoder.from_name(encoder_name, progress=progress)
 
 
 def _features(path: Path, vectors: Optional[str], text: Optional[str], labels: Optional[str], progress: bool,

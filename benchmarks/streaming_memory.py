@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # benchmarks.anomaly's git_commit, when run as a script
 CLASSES, PER_CLASS, DIM = 300, 20, 256
 CHUNKINGS = ("fit", "2", "4", "8", "2-shuffled", "8-shuffled")
 
@@ -58,15 +59,9 @@ def measure_one(mode: str) -> dict:
             "classes_per_chunk": [min(per_chunk), max(per_chunk)]}
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def render(rows: list[dict]) -> str:
+    from benchmarks.anomaly import git_commit
+
     lines = [
         "# Streaming fit: peak memory against the statistics' size",
         "",

@@ -72,6 +72,19 @@ def _features(path: Path, vectors: Optional[str], text: Optional[str], labels: O
     return embed_texts(table.texts, encoder=encoder, progress=progress), table.labels, encoder.name
 
 
+def _text_table(data: Path, text: Optional[str], labels: Optional[str], purpose: str):
+    """The table of ``data`` that must hold a text column (to ``purpose``); failures exit."""
+    from openworld.io.tables import read_table
+
+    try:
+        table = read_table(data, text_column=text, label_column=labels)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        _fail(str(error))
+    if table.texts is None:
+        _fail(f"{data} has no text column to {purpose} (name it with --text)")
+    return table
+
+
 def _model_and_features(model_path: Path, data: Path, vectors, text, labels, progress: bool, device=None,
                         encoder_file: Optional[Path] = None):
     """(model, X, labels) for a saved model and a table, text embedded as the model's was; failures exit.
@@ -91,15 +104,22 @@ def _model_and_features(model_path: Path, data: Path, vectors, text, labels, pro
     return model, X, y
 
 
+def _encoder_option():
+    """``--encoder FILE``, as every command that embeds text takes it."""
+    return typer.Option(None, "--encoder", help="Fine-tuned text encoder file (from `openworld fine-tune`) that embeds the text.")
+
+
 def _check_output(path: Optional[Path], table: bool = False) -> None:
-    """Fail before any work if ``path`` cannot be written: its folder must exist and, for a table
-    (``table``), its suffix must be one ``write_table`` writes."""
+    """Fail before any work if ``path`` cannot be written: its folder must exist, it must not be a folder
+    itself and, for a table (``table``), its suffix must be one ``write_table`` writes."""
     from openworld.io.tables import WRITE_SUFFIXES
 
     if path is None:
         return
     if not path.parent.is_dir():
         _fail(f"cannot write {path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        _fail(f"cannot write {path}: it is a folder")
     if table and path.suffix.lower() not in WRITE_SUFFIXES:
         _fail(f"cannot write {path}: unsupported file type {path.suffix or '(no suffix)'!r}; supported: {', '.join(WRITE_SUFFIXES)}")
 
@@ -171,19 +191,11 @@ def fine_tune(
 ):
     """Fine-tune the bundled text encoder on labelled texts and save it; pass it to the other commands with --encoder."""
     from openworld.encoders.text import fine_tune_text_encoder
-    from openworld.io.tables import read_table
 
     _check_output(output)
-    if output.is_dir():
-        _fail(f"cannot write {output}: it is a folder")
     if threads is not None and threads < 1:
         _fail(f"--threads must be a positive integer, got {threads}")
-    try:
-        table = read_table(data, text_column=text, label_column=labels)
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        _fail(str(error))
-    if table.texts is None:
-        _fail(f"{data} has no text column to fine-tune on (name it with --text)")
+    table = _text_table(data, text, labels, "fine-tune on")
     if table.labels is None:
         _fail(f"{data} has no label column (name it with --labels): fine-tuning learns the labelled classes")
     try:
@@ -210,14 +222,12 @@ def embed(
         None, help="Hidden states to pool, comma-separated (0 = token embeddings, 6 = last; 6 alone = sentence-transformers' "
         f"vectors; default {','.join(map(str, DEFAULT_LAYERS))}; a fine-tuned encoder keeps its own)."
     ),
-    encoder_file: Optional[Path] = typer.Option(
-        None, "--encoder", help="Fine-tuned text encoder file (from `openworld fine-tune`) that embeds the text."
-    ),
+    encoder_file: Optional[Path] = _encoder_option(),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
     """Embed a text column with all-MiniLM-L6-v2 (offline, cached), or a fine-tuned copy, and write an `embedding` column."""
     from openworld.encoders.text import TextEncoder, embed_texts
-    from openworld.io.tables import read_table, write_table
+    from openworld.io.tables import write_table
 
     _check_output(output, table=True)
 
@@ -236,12 +246,7 @@ def embed(
             encoder = TextEncoder(batch_size=batch_size, progress=progress, layers=[int(part) for part in spelled.split(",")])
         except ValueError:
             _fail(f"--layers must be comma-separated distinct hidden states in 0..6 (e.g. 5,6 or 6), got {layers!r}")
-    try:
-        table = read_table(data, text_column=text, label_column=labels)
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        _fail(str(error))
-    if table.texts is None:
-        _fail(f"{data} has no text column to embed (name it with --text)")
+    table = _text_table(data, text, labels, "embed")
     vectors = embed_texts(table.texts, encoder=encoder, progress=progress)
     columns = {"embedding": vectors}
     if table.labels is not None:
@@ -257,9 +262,7 @@ def fit(
     labels: Optional[str] = typer.Option(None, help="Label column (default: label/y; none = one-class model)."),
     vectors: Optional[str] = typer.Option(None, help="Vector column (default: auto-detected)."),
     text: Optional[str] = typer.Option(None, help="Text column to embed instead of vectors."),
-    encoder_file: Optional[Path] = typer.Option(
-        None, "--encoder", help="Fine-tuned text encoder file (from `openworld fine-tune`) that embeds the text."
-    ),
+    encoder_file: Optional[Path] = _encoder_option(),
     covariance: str = typer.Option("tied", help="tied | full | diag"),
     shrinkage: str = typer.Option("auto", help="auto (Ledoit-Wolf) | oas | none | a number in [0, 1]"),
     score: str = typer.Option("auto", help="auto | mahalanobis | relative_mahalanobis | likelihood | low_variance_mahalanobis | covariance_ensemble | kernel_density"),
@@ -330,9 +333,7 @@ def score_command(
     labels: Optional[str] = typer.Option(None, help="Label column, if present, to report accuracy."),
     vectors: Optional[str] = typer.Option(None, help="Vector column (default: auto-detected)."),
     text: Optional[str] = typer.Option(None, help="Text column to embed instead of vectors."),
-    encoder_file: Optional[Path] = typer.Option(
-        None, "--encoder", help="Fine-tuned text encoder file (from `openworld fine-tune`) that embeds the text."
-    ),
+    encoder_file: Optional[Path] = _encoder_option(),
     proba: bool = typer.Option(False, help="Also write the posterior of every class (a vector column)."),
     device: Optional[str] = typer.Option(None, help="Where to compute: cpu (default) | cuda | cuda:<n>."),
     progress: bool = typer.Option(True, help="Show progress bars."),
@@ -379,9 +380,7 @@ def discover_command(
     report: Optional[Path] = typer.Option(None, help="Write an HTML page: a 2-D projection coloured by cluster."),
     vectors: Optional[str] = typer.Option(None, help="Vector column (default: auto-detected)."),
     text: Optional[str] = typer.Option(None, help="Text column to embed instead of vectors."),
-    encoder_file: Optional[Path] = typer.Option(
-        None, "--encoder", help="Fine-tuned text encoder file (from `openworld fine-tune`) that embeds the text."
-    ),
+    encoder_file: Optional[Path] = _encoder_option(),
     device: Optional[str] = typer.Option(None, help="Where to compute: cpu (default) | cuda | cuda:<n>."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
@@ -506,9 +505,7 @@ def eval_command(
     labels: Optional[str] = typer.Option(None, help="Label column (default: label/y)."),
     vectors: Optional[str] = typer.Option(None, help="Vector column (default: auto-detected)."),
     text: Optional[str] = typer.Option(None, help="Text column to embed instead of vectors."),
-    encoder_file: Optional[Path] = typer.Option(
-        None, "--encoder", help="Fine-tuned text encoder file (from `openworld fine-tune`) that embeds the text."
-    ),
+    encoder_file: Optional[Path] = _encoder_option(),
     ood_label: Optional[list[str]] = typer.Option(
         None, "--ood-label", help="Label of out-of-distribution rows (repeatable). Default: every label the model does not know."
     ),

@@ -520,3 +520,35 @@ def test_feature_columns_are_taken_by_name_in_the_order_given(tmp_path):
     np.testing.assert_array_equal(read.vectors, np.array([[3.0, 1.0], [4.0, 2.0]]))
     with pytest.raises(ValueError, match=r"missing here: 'c'"):
         read_table(tmp_path / "t.parquet", feature_columns=["a", "c"])
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".parquet", ".csv"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_non_finite_vectors_name_file_and_row(tmp_path, suffix, bad):
+    X = rng.standard_normal((8, 3))
+    X[5, 2] = bad
+    X[7, 0] = bad
+    path = tmp_path / f"t{suffix}"
+    if suffix == ".npy":
+        np.save(path, X)
+    else:
+        write_table(path, {"X": X, "y": np.arange(8)})
+    word = "NaN" if np.isnan(bad) else "Inf"
+    message = rf"t\{suffix}: vectors hold {word} first at row 5, dimension 2"
+    with pytest.raises(ValueError, match=message):
+        read_table(path)
+    if suffix in (".npz", ".csv"):  # read whole first: refused at the call
+        with pytest.raises(ValueError, match=message):
+            iter_vector_batches(path, batch_rows=3)
+        return
+    batches = iter_vector_batches(path, batch_rows=3)
+    assert np.isfinite(next(batches).vectors).all()  # rows 0-2 are clean; the error comes with the batch holding row 5
+    with pytest.raises(ValueError, match=message):
+        next(batches)
+
+
+def test_parquet_feature_columns_with_nan_name_the_row(tmp_path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"a": [1.0, 2.0, 3.0], "b": [0.5, float("nan"), 1.0], "label": [0, 1, 0]}), path)
+    with pytest.raises(ValueError, match=r"t\.parquet: vectors hold NaN first at row 1, dimension 1"):
+        read_table(path)

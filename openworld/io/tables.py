@@ -126,7 +126,7 @@ def read_table(
             )
         array = _load_npy(path, mmap=False)
         _check_vectors(path, array, "the array")
-        return Table(vectors=_as_float(array))
+        return Table(vectors=_finite(path, _as_float(array), first_row=0))
     if suffix == ".npz":
         return _read_npz(path, vector_column, text_column, label_column)
     if suffix == ".parquet":
@@ -303,6 +303,19 @@ def _check_vectors(path: Path, array: np.ndarray, what: str) -> None:
         raise ValueError(f"{path}: file is empty (no rows)")
 
 
+def _finite(path: Path, vectors: np.ndarray, first_row: int) -> np.ndarray:
+    """The vectors, once checked to hold no NaN or Inf: the error names the file and row, which the
+    estimator, seeing only an array, cannot."""
+    bad = ~np.isfinite(vectors)
+    if bad.any():
+        row, dimension = np.argwhere(bad)[0]
+        value = vectors[row, dimension]
+        raise ValueError(f"{path}: vectors hold {'NaN' if np.isnan(value) else 'Inf'} "
+                         f"first at row {first_row + int(row)}, dimension {int(dimension)}; "
+                         "drop or impute such rows before fitting or scoring")
+    return vectors
+
+
 def _as_float(array: np.ndarray) -> np.ndarray:
     """Keep float32/float64 as stored; widen float16 to float32 and integers to float64."""
     if array.dtype in (np.float32, np.float64):
@@ -318,7 +331,7 @@ def _npy_batches(path: Path, array: np.ndarray, batch_rows: int) -> Iterator[Tab
     """
     if array.dtype.hasobject or np.isfortran(array) or array.ndim != 2:
         for start in range(0, len(array), batch_rows):
-            yield Table(vectors=_as_float(np.array(array[start : start + batch_rows])))
+            yield Table(vectors=_finite(path, _as_float(np.array(array[start : start + batch_rows])), first_row=start))
         return
     n_rows, d = array.shape
     with open(path, "rb") as handle:
@@ -326,7 +339,7 @@ def _npy_batches(path: Path, array: np.ndarray, batch_rows: int) -> Iterator[Tab
         for start in range(0, n_rows, batch_rows):
             rows = min(batch_rows, n_rows - start)
             chunk = np.fromfile(handle, dtype=array.dtype, count=rows * d).reshape(rows, d)
-            yield Table(vectors=_as_float(chunk))
+            yield Table(vectors=_finite(path, _as_float(chunk), first_row=start))
 
 
 def _read_npz(path: Path, vector_column: str | None, text_column: str | None, label_column: str | None) -> Table:
@@ -362,7 +375,7 @@ def _read_npz(path: Path, vector_column: str | None, text_column: str | None, la
         if vector is not None:
             vectors = load(vector)
             _check_vectors(path, vectors, f"array {vector!r}")
-            vectors = _as_float(vectors)
+            vectors = _finite(path, _as_float(vectors), first_row=0)
         if text is not None:
             array = load(text)
             if array.ndim != 1 or array.dtype.kind != "U":
@@ -517,6 +530,8 @@ def _extract(path: Path, data: pa.Table | pa.RecordBatch, layout: _Layout, first
         vectors = np.empty((data.num_rows, len(columns)), np.float32 if narrow else np.float64)
         for j, column in enumerate(columns):
             vectors[:, j] = _floats(column)
+    if vectors is not None:
+        _finite(path, vectors, first_row)
     if layout.text is not None:
         column = _column(data, layout.text)
         _no_nulls(path, layout.text, column, first_row)

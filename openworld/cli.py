@@ -169,11 +169,12 @@ def demo(
 ):
     """Fit on CLINC150's 150 intents and report accuracy and out-of-scope detection on its test split."""
     from openworld.demo import run_demo
+    from openworld.io.atomic import write_text_atomically
 
     report = run_demo(cache_dir=cache_dir, progress=progress, model_path=save)
     _print_summary("openworld demo: CLINC150 (all-MiniLM-L6-v2 embeddings)", report.as_dict())
     if json_out is not None:
-        json_out.write_text(json.dumps(report.as_dict(), indent=2))
+        write_text_atomically(json_out, json.dumps(report.as_dict(), indent=2))
 
 
 @app.command("fine-tune")

@@ -8,6 +8,8 @@ the bundled model package are missing.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -66,7 +68,13 @@ def test_same_seed_same_weights_other_seed_other_weights_and_global_state_untouc
 
 def test_save_and_load_give_the_same_vectors_and_name(tuned, intents, tmp_path):
     path = tmp_path / "encoder.safetensors"
-    tuned.save(path)
+    previous = os.umask(0o027)
+    try:
+        tuned.save(path)
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o640  # the umask, as for model files and tables
+    assert [p.name for p in tmp_path.iterdir()] == ["encoder.safetensors"]  # no temporary file left behind
     loaded = TextEncoder.load(path, progress=False)
     assert loaded.name == tuned.name and loaded.layers == tuned.layers
     np.testing.assert_array_equal(loaded.encode(intents[2]), tuned.encode(intents[2]))

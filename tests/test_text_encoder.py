@@ -225,7 +225,12 @@ class FakeEncoder:
 def test_cache_hit_and_miss(tmp_path):
     fake = FakeEncoder()
     texts = ["alpha", "beta", "gamma"]
-    a = embed_texts(texts, encoder=fake, cache_dir=tmp_path)
+    previous = os.umask(0o027)
+    try:
+        a = embed_texts(texts, encoder=fake, cache_dir=tmp_path)
+    finally:
+        os.umask(previous)
+    assert [p.stat().st_mode & 0o777 for p in tmp_path.iterdir()] == [0o640]  # the umask, as for every file written
     assert a.dtype == np.float32 and a.shape == (3, 4) and fake.calls == 1
     b = embed_texts(texts, encoder=fake, cache_dir=tmp_path)
     assert fake.calls == 1

@@ -16,7 +16,6 @@ import importlib.util
 import math
 import os
 import struct
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from openworld.encoders.progress import progress_bar
+from openworld.io.atomic import atomic_path, write_atomically
 
 __all__ = ["TextEncoder", "embed_texts", "fine_tune_text_encoder", "default_cache_dir", "cache_key", "DEFAULT_LAYERS",
            "SENTENCE_LAYERS"]
@@ -172,15 +172,8 @@ class TextEncoder:
         state = {key: value.detach().cpu().contiguous() for key, value in self._model.state_dict().items()}
         metadata = {"format": _ENCODER_FORMAT, "base": _MODEL_NAME, "layers": ",".join(map(str, self.layers)),
                     "digest": self.fine_tuned_digest}
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(state, tmp, metadata=metadata)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as temporary:
+            save_file(state, str(temporary), metadata=metadata)
 
     @classmethod
     def load(cls, path, **options) -> TextEncoder:
@@ -483,24 +476,6 @@ def _load_cached(path: Path, n: int, dim: int | None) -> np.ndarray | None:
     return arr
 
 
-def _save_atomic(path: Path, arr: np.ndarray) -> None:
-    """Write ``arr`` to ``path`` so readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 _DEFAULT_ENCODER: TextEncoder | None = None
 
 
@@ -556,7 +531,8 @@ def embed_texts(
             f"encoder {name!r} returned shape {arr.shape}, expected ({len(items)}, d)"
         )
     try:
-        _save_atomic(path, arr)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, lambda file: np.save(file, arr, allow_pickle=False))
     except OSError as exc:
         warnings.warn(f"could not write embedding cache {path}: {exc}", RuntimeWarning, stacklevel=2)
     return arr

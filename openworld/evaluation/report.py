@@ -36,6 +36,7 @@ import numpy as np
 
 from openworld.core import metrics
 from openworld.core.arrays import as_labels, common_label_type
+from openworld.io.atomic import write_text_atomically
 
 __all__ = [
     "NO_ID_MESSAGE",
@@ -424,7 +425,7 @@ def _jsonable(value):
 
 def write_json(report: EvaluationReport, path: str | os.PathLike[str]) -> None:
     """Write the report as JSON (strict: no NaN or infinity)."""
-    Path(path).write_text(json.dumps(report.to_dict(), indent=1, allow_nan=False), encoding="utf-8")
+    write_text_atomically(path, json.dumps(report.to_dict(), indent=1, allow_nan=False))
 
 
 def read_json(path: str | os.PathLike[str]) -> EvaluationReport:
@@ -457,7 +458,7 @@ def write_html(report: EvaluationReport, path: str | os.PathLike[str]) -> None:
     Figures are inline SVG and the style sheet is inline: the file needs no
     network and no other file.
     """
-    Path(path).write_text(render_html(report), encoding="utf-8")
+    write_text_atomically(path, render_html(report))
 
 
 def render_html(report: EvaluationReport) -> str:
@@ -823,7 +824,7 @@ def write_discovery_html(discovery, X, path: str | os.PathLike[str], *, title: s
     """Write one self-contained HTML page for :meth:`openworld.OpenWorld.discover`: a 2-D projection of the
     unlabelled rows coloured by cluster (known rows grey, each new cluster its colour) and a table of the new
     clusters with their representative rows."""
-    Path(path).write_text(render_discovery_html(discovery, X, title=title, seed=seed), encoding="utf-8")
+    write_text_atomically(path, render_discovery_html(discovery, X, title=title, seed=seed))
 
 
 def render_discovery_html(discovery, X, *, title: str | None = None, seed: int = 0) -> str:

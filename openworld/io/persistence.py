@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import secrets
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from openworld.io.atomic import atomic_path
 
 FORMAT = "openworld.model"
 FORMAT_VERSION = 1
@@ -47,29 +47,9 @@ def write_model_file(path, tensors: dict[str, torch.Tensor], manifest: dict) -> 
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest}
     header["sha256"] = model_digest(tensors, header)
-    tmp = str(path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp"))
-    try:
-        save_file(tensors, tmp, metadata={MANIFEST_KEY: json.dumps(header)})
-        os.chmod(tmp, 0o666 & ~_umask())  # save_file creates 0600 files; tables and other tools honour the umask
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata={MANIFEST_KEY: json.dumps(header)})
     return path
-
-
-def _umask() -> int:
-    """The process's umask; read from /proc where it can be (setting it to read it races other threads)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def read_model_file(path) -> tuple[dict[str, torch.Tensor], dict]:

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +24,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from openworld.core.arrays import int64_labels
+from openworld.io.atomic import write_atomically
 
 __all__ = [
     "READ_SUFFIXES",
@@ -226,13 +225,13 @@ def write_table(path: str | os.PathLike[str], columns: Mapping[str, np.ndarray |
         reserved = [name for name in ("file", "allow_pickle") if name in arrays]  # np.savez's own arguments
         if reserved:
             raise ValueError(f"{path}: {reserved[0]!r} cannot name an array in .npz; rename the column")
-        _atomic_write(path, lambda file: np.savez(file, **arrays))
+        write_atomically(path, lambda file: np.savez(file, **arrays))
         return
     table = pa.table(_arrow_columns(path, arrays, split_vectors=suffix == ".csv"))
     if suffix == ".parquet":
-        _atomic_write(path, lambda file: pq.write_table(table, file))
+        write_atomically(path, lambda file: pq.write_table(table, file))
     else:
-        _atomic_write(path, lambda file: pa_csv.write_csv(table, file))
+        write_atomically(path, lambda file: pa_csv.write_csv(table, file))
 
 
 # --- paths and files -----------------------------------------------------------------
@@ -257,20 +256,6 @@ def _checked_path(
     elif not path.parent.is_dir():
         raise FileNotFoundError(errno.ENOENT, "no such folder to write into", str(path.parent))
     return path, suffix
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through a temporary sibling, then rename: readers never see half a file."""
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(temporary, "xb") as file:  # open(), unlike mkstemp, honours the umask
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def _parquet_file(path: Path, **options: object) -> pq.ParquetFile:

@@ -410,13 +410,17 @@ def _split_merge(Z: Tensor, anchors: Tensor, anchor_weights: Tensor, rng, settin
                  accepted: Tensor | None) -> Tensor:
     """Grow new components from the known ones by splits and merges judged by held-out separation
     (against what the known clusters, one class each, show by chance — measured on the rows the model
-    accepts, so that new rows a known cluster absorbed do not count as chance) and by BIC's price."""
+    accepts, so that new rows a known cluster absorbed do not count as chance) and by BIC's price (in units
+    of the same rows' spread: a far group of rows, absorbed by a known cluster, would otherwise price every
+    split out)."""
     C, d = anchors.shape
     assignment, _, centroids = _kmeans(Z, anchors, anchor_weights, anchors.clone())
     for _ in range(MAX_ROUNDS):
         K = centroids.shape[0]
         _, distances = _assign(Z, centroids)
         in_known = assignment < C
+        if accepted is not None and int((in_known & accepted).sum()) >= SPLIT_MIN_ROWS:
+            in_known &= accepted  # rows the model rejects (a far group, new rows a known cluster took) are no noise
         variance = float(distances[in_known].mean() / d) if in_known.any() else float(distances.mean() / d)
         price = (d + 1) * math.log(max(Z.shape[0], 2)) * variance  # BIC's price of a component, in squared error
         with one_torch_thread():  # thousands of small 2-means steps: parallel regions would only stall

@@ -520,3 +520,15 @@ def test_command_line_adopt_that_cannot_be_done_writes_nothing(tmp_path):
         words = " ".join(result.output.split())
         assert result.exit_code == 2 and ("priors" in words if what == "priors" else "reject nothing" in words), words
         assert not any(path.exists() for path in outputs), what
+
+
+def test_a_far_group_of_rows_hides_no_other_new_class(mixed):
+    """Rows 1000 units out (a batch of unscaled vectors, say) are one more new class; before, the known
+    cluster that first absorbed them made every split look too cheap to pay for, and a new class stayed hidden."""
+    model, X, y, known = mixed
+    group = y == f"c{N_CLASSES - 1}"
+    Xa = np.vstack([X, X[group] + 1000.0])
+    ya = np.concatenate([y, np.full(int(group.sum()), "far")])
+    result = model.discover(Xa)
+    assert result.n_new == N_CLASSES - N_KNOWN + 1
+    assert _accuracy(ya, result.labels) > 0.95

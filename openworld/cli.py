@@ -171,6 +171,8 @@ def demo(
     from openworld.demo import run_demo
     from openworld.io.atomic import write_text_atomically
 
+    _check_output(save)
+    _check_output(json_out)
     report = run_demo(cache_dir=cache_dir, progress=progress, model_path=save)
     _print_summary("openworld demo: CLINC150 (all-MiniLM-L6-v2 embeddings)", report.as_dict())
     if json_out is not None:

@@ -216,6 +216,15 @@ def test_demo_json_report(tmp_path, monkeypatch):
         assert 0.0 <= report[key] <= 1.0
 
 
+def test_demo_refuses_outputs_it_cannot_write_before_any_work(tmp_path, monkeypatch):
+    import openworld.demo as demo
+
+    monkeypatch.setattr(demo, "run_demo", lambda **_: pytest.fail("the demo ran before its outputs were checked"))
+    for option in ("--json", "--save"):
+        result = runner.invoke(app, ["demo", option, str(tmp_path / "absent" / "out"), "--no-progress"])
+        assert result.exit_code == 2 and f"folder {tmp_path / 'absent'} does not exist" in " ".join(result.output.split())
+
+
 def _named_columns(path, X, y=None, order=None):
     names = [f"f{j}" for j in range(X.shape[1])]
     order = order or names

@@ -291,12 +291,13 @@ def _check_vectors(path: Path, array: np.ndarray, what: str) -> None:
 def _finite(path: Path, vectors: np.ndarray, first_row: int) -> np.ndarray:
     """The vectors, once checked to hold no NaN or Inf: the error names the file and row, which the
     estimator, seeing only an array, cannot."""
-    bad = ~np.isfinite(vectors)
-    if bad.any():
-        row, dimension = np.argwhere(bad)[0]
+    finite = np.isfinite(vectors)
+    if not finite.all():
+        row = int((~finite.all(axis=1)).argmax())
+        dimension = int((~finite[row]).argmax())
         value = vectors[row, dimension]
-        raise ValueError(f"{path}: vectors hold {'NaN' if np.isnan(value) else 'Inf'} "
-                         f"first at row {first_row + int(row)}, dimension {int(dimension)}; "
+        word = "NaN" if np.isnan(value) else ("Inf" if value > 0 else "-Inf")
+        raise ValueError(f"{path}: vectors hold {word} first at row {first_row + row}, dimension {dimension}; "
                          "drop or impute such rows before fitting or scoring")
     return vectors
 
@@ -513,7 +514,8 @@ def _extract(path: Path, data: pa.Table | pa.RecordBatch, layout: _Layout, first
         columns = [_column(data, name) for name in layout.features]
         narrow = all(pa.types.is_floating(column.type) and column.type.bit_width <= 32 for column in columns)
         vectors = np.empty((data.num_rows, len(columns)), np.float32 if narrow else np.float64)
-        for j, column in enumerate(columns):
+        for j, (name, column) in enumerate(zip(layout.features, columns)):
+            _no_nulls(path, name, column, first_row)  # an empty cell: "missing", not NaN
             vectors[:, j] = _floats(column)
     if vectors is not None:
         _finite(path, vectors, first_row)

@@ -565,3 +565,9 @@ def test_an_empty_feature_cell_is_missing_not_nan(tmp_path, suffix):
         path.write_text("a,beta,label\n1.0,0.5,0\n2.0,,1\n3.0,1.0,0\n")
     with pytest.raises(ValueError, match=rf"t\{suffix}: column 'beta' row 1 is missing"):
         read_table(path)
+
+
+def test_finite_rows_whose_sum_overflows_are_read(tmp_path):
+    X = np.full((4, 3), 3e38, dtype=np.float32)  # each value finite, each row's float32 sum infinite
+    np.save(tmp_path / "t.npy", X)
+    np.testing.assert_array_equal(read_table(tmp_path / "t.npy").vectors, X)

@@ -291,10 +291,14 @@ def _check_vectors(path: Path, array: np.ndarray, what: str) -> None:
 def _finite(path: Path, vectors: np.ndarray, first_row: int) -> np.ndarray:
     """The vectors, once checked to hold no NaN or Inf: the error names the file and row, which the
     estimator, seeing only an array, cannot."""
-    finite = np.isfinite(vectors)
-    if not finite.all():
-        row = int((~finite.all(axis=1)).argmax())
-        dimension = int((~finite[row]).argmax())
+    # As the estimator's own check: a NaN or Inf makes its row's sum non-finite, one (n,) pass instead of an
+    # (n, d) mask on every streamed chunk; a sum that overflowed with finite entries is cleared row by row.
+    with np.errstate(over="ignore", invalid="ignore"):
+        suspect = np.flatnonzero(~np.isfinite(vectors.sum(axis=1)))
+    bad = suspect[~np.isfinite(vectors[suspect]).all(axis=1)]
+    if bad.size:
+        row = int(bad[0])
+        dimension = int((~np.isfinite(vectors[row])).argmax())
         value = vectors[row, dimension]
         word = "NaN" if np.isnan(value) else ("Inf" if value > 0 else "-Inf")
         raise ValueError(f"{path}: vectors hold {word} first at row {first_row + row}, dimension {dimension}; "
